@@ -1,0 +1,1 @@
+"""Pieces every process shares: Kafka connection settings and logging set-up."""
