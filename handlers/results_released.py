@@ -1,0 +1,103 @@
+"""Exam Results Released: pass/fail and resit events, by the rules in README "Derived events"."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from handlers.routing import HandlerOutput, SourceRecord
+from handlers.settings import RulesSettings
+from schemas.cloudevents import DerivedEvent
+from schemas.derived import (
+    AttemptInfo,
+    ExamFailed,
+    ExamInfo,
+    ExamPassed,
+    GradeInfo,
+    Learner,
+    ResitAvailable,
+    ResitExhausted,
+    ResitPassed,
+    ResultContext,
+    SourceCoordinates,
+    TestInfo,
+)
+from schemas.webhook import ExamResultsReleased
+
+# Namespace of the deterministic event ids (uuid5); changing it would change every id.
+EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c2e-5b0a-4c57-9a53-0e7d2f8b9c41")
+
+
+def derive_result_events(
+    webhook: ExamResultsReleased, source: SourceRecord, *, rules: RulesSettings
+) -> HandlerOutput:
+    """Derive the result and resit events of one released attempt."""
+    attempt = webhook.attempt
+    if attempt.state.is_revoked:
+        return HandlerOutput(events=(), skipped_reason="revoked")
+    context = _result_context(webhook, source)
+    passed = attempt.grade.is_pass
+    data: list[ResultContext] = [ExamPassed(**context) if passed else ExamFailed(**context)]
+    if passed and attempt.resit_count > 0:
+        data.append(ResitPassed(**context))
+    elif not passed and attempt.resit_count < rules.max_resits:
+        remaining = rules.max_resits - attempt.resit_count
+        data.append(ResitAvailable(**context, max_resits=rules.max_resits, resits_remaining=remaining))
+    elif not passed:
+        data.append(ResitExhausted(**context, max_resits=rules.max_resits))
+    return HandlerOutput(events=tuple(_cloud_event(webhook, item, rules) for item in data))
+
+
+def _result_context(webhook: ExamResultsReleased, source: SourceRecord) -> dict[str, Any]:
+    """The fields every derived event of this webhook shares, with grades withheld if the exam says so."""
+    user, attempt, exam = webhook.user, webhook.attempt, webhook.exam
+    withheld = not exam.attr.publish_exam_grade
+    return {
+        "learner": Learner(id=user.id, name=user.name, email=user.email, sub_portal_id=user.sub_portal_id),
+        "portal_id": webhook.portal.id,
+        "exam": ExamInfo(
+            id=exam.id,
+            name=exam.name,
+            group_id=exam.attr.exam_group_id,
+            weight=exam.attr.exam_weight,
+            qualification=exam.attr.qualification_name,
+            cohort=exam.attr.cohort_number,
+        ),
+        "test": TestInfo(id=webhook.test.id, title=webhook.test.title),
+        "attempt": AttemptInfo(
+            id=attempt.id,
+            resit_count=attempt.resit_count,
+            time_completed=attempt.time_completed,
+            score=None if withheld else attempt.score,
+            score_frac=None if withheld else attempt.score_frac,
+            points=None if withheld else attempt.marks.points,
+            max_points=attempt.marks.max_points,
+        ),
+        "passed": attempt.grade.is_pass,
+        "grade": None
+        if withheld
+        else GradeInfo(label=attempt.grade.label, min_score=attempt.grade.min_score),
+        "grade_withheld": withheld,
+        "released_at": attempt.audit.released_at,
+        "source": SourceCoordinates(topic=source.topic, partition=source.partition, offset=source.offset),
+    }
+
+
+def _cloud_event(webhook: ExamResultsReleased, data: ResultContext, rules: RulesSettings) -> DerivedEvent:
+    attempt = webhook.attempt
+    return DerivedEvent(
+        type=data.event_type,
+        id=derive_event_id(webhook.portal.id, attempt.id, attempt.audit.released_at, data.event_type),
+        source=f"{rules.ce_source}:portal:{webhook.portal.id}",
+        subject=attempt.id,
+        time=attempt.audit.released_at,
+        key=webhook.user.id,
+        data=data,
+    )
+
+
+def derive_event_id(portal_id: str, attempt_id: str, released_at: str, event_type: str) -> str:
+    """A deterministic CloudEvents id: a redelivery gives the same id, a re-release a new one."""
+    return str(
+        uuid.uuid5(EVENT_ID_NAMESPACE, f"{portal_id}\x1f{attempt_id}\x1f{released_at}\x1f{event_type}")
+    )

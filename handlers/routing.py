@@ -1,0 +1,96 @@
+"""Decode a raw webhook body and send it to the handler registered for its `meta.eventName`.
+
+The routing table itself is built in `handlers/__init__.py` (`build_routing_table`): one dict from
+event name to handler, visible in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from schemas.cloudevents import DerivedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """Where a webhook body was read from: its coordinates on the raw topic."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerOutput:
+    """What a handler derived: events to publish, or none with the reason why (e.g. "revoked")."""
+
+    events: tuple[DerivedEvent, ...]
+    skipped_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A handler and the pydantic model its webhook is decoded with."""
+
+    model: type[BaseModel]
+    handler: Callable[[Any, SourceRecord], HandlerOutput]
+
+
+RoutingTable = Mapping[str, Route]
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """The webhook was decoded and handled; publish `output.events`."""
+
+    event_name: str
+    output: HandlerOutput
+
+
+@dataclass(frozen=True, slots=True)
+class Unrouted:
+    """Valid JSON that no handler answers to: it goes to the unrouted topic unchanged."""
+
+    event_name: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """Not JSON, or a known event that fails validation: it goes to the dead-letter topic."""
+
+    event_name: str | None
+    error_type: str  # "InvalidJson" or "ValidationError"
+    message: str
+
+
+RoutingResult = Handled | Unrouted | Invalid
+
+
+def route_webhook(raw: bytes, source: SourceRecord, table: RoutingTable) -> RoutingResult:
+    """Decode `raw`, find its handler by `meta.eventName`, and run it. Never raises for bad input."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Invalid(None, "InvalidJson", f"body is not JSON: {exc}"[:500])
+    meta = body.get("meta") if isinstance(body, dict) else None
+    event_name = meta.get("eventName") if isinstance(meta, dict) else None
+    if not isinstance(event_name, str) or not event_name:
+        return Unrouted(None, "body has no meta.eventName")
+    route = table.get(event_name)
+    if route is None:
+        return Unrouted(event_name, f"no handler for meta.eventName {event_name!r}")
+    try:
+        webhook = route.model.model_validate(body)
+    except ValidationError as exc:
+        # include_input=False: the message names fields, never a learner's values.
+        summary = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
+        )
+        return Invalid(event_name, "ValidationError", f"{exc.error_count()} error(s): {summary}"[:1000])
+    return Handled(event_name, route.handler(webhook, source))

@@ -1,0 +1,38 @@
+"""Settings of the business rules: which event names mean what, and how many resits are allowed."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class RulesSettings(BaseSettings):
+    """Rules for deriving events (environment variables without prefix, e.g. `MAX_RESITS`)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    results_released_event_names: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("exam.resultsReleased",),
+        description="Comma-separated meta.eventName values that mean Exam Results Released.",
+    )
+    max_resits: int = Field(2, ge=0, description="Resits a learner may take after a failed attempt.")
+    ce_source: str = Field(
+        "urn:exam-events",
+        description="Prefix of the CloudEvents source; the portal id is appended (`<prefix>:portal:<id>`).",
+    )
+
+    @field_validator("results_released_event_names", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("results_released_event_names")
+    @classmethod
+    def _not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("RESULTS_RELEASED_EVENT_NAMES needs at least one event name")
+        return value

@@ -1,0 +1,144 @@
+"""Derived events: the contract that downstream services (notifications, gradebooks, certification)
+build on. Each is the `data` of a CloudEvent; field names on the wire are camelCase.
+
+The data carries what a downstream service needs without asking the platform again.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from schemas.webhook import Number
+
+
+class EventData(BaseModel):
+    """Base of every derived event's data: camelCase on the wire, immutable, no unknown fields."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, frozen=True, extra="forbid"
+    )
+    # The CloudEvents `type` of events carrying this data.
+    event_type: ClassVar[str]
+
+
+class Learner(EventData):
+    """The learner the result belongs to. Personal data: handle under your data-protection rules."""
+
+    id: str = Field(description="The platform's user id; also the Kafka key of every event.")
+    name: str = Field(description="Full name as held by the platform.")
+    email: str = Field(description="E-mail address as held by the platform.")
+    sub_portal_id: str | None = Field(description="Sub-portal of the learner, when the portal has them.")
+
+
+class ExamInfo(EventData):
+    """The exam the attempt counts towards."""
+
+    id: str = Field(description="Exam id.")
+    name: str = Field(description="Exam name.")
+    group_id: str = Field(description="The exam group (exam.attr['exam-group-id']).")
+    weight: Number = Field(description="Weight of the exam in its qualification (exam.attr['exam-weight']).")
+    qualification: str = Field(description="Qualification name (exam.attr['qualification_name']).")
+    cohort: str = Field(description="Cohort number (exam.attr['cohort_number']).")
+
+
+class TestInfo(EventData):
+    """The test that was sat."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    id: str = Field(description="Test id.")
+    title: str = Field(description="Test title.")
+
+
+class AttemptInfo(EventData):
+    """The attempt whose results were released. Score fields are null when the grade is withheld."""
+
+    id: str = Field(description="Attempt id; also the CloudEvents subject.")
+    resit_count: int = Field(description="How many resits preceded this attempt (attempt.resitCount).")
+    time_completed: str = Field(description="When the learner completed the attempt (RFC 3339).")
+    score: Number | None = Field(description="Score in percent; null when the grade is withheld.")
+    score_frac: Number | None = Field(
+        description="Score as a fraction 0..1; null when the grade is withheld."
+    )
+    points: Number | None = Field(description="Points scored; null when the grade is withheld.")
+    max_points: Number = Field(description="Points available.")
+
+
+class GradeInfo(EventData):
+    """The grade awarded."""
+
+    label: str = Field(description="Grade label, per exam (e.g. Fail, Pass, Merit, Distinction).")
+    min_score: Number = Field(description="Lowest score in percent that earns this grade.")
+
+
+class SourceCoordinates(EventData):
+    """Where the webhook that produced this event lies on the raw topic."""
+
+    topic: str = Field(description="Raw webhook topic.")
+    partition: int = Field(description="Partition of the raw record.")
+    offset: int = Field(description="Offset of the raw record.")
+
+
+class ResultContext(EventData):
+    """Fields every derived event carries."""
+
+    learner: Learner
+    portal_id: str = Field(description="Portal (customer) id.")
+    exam: ExamInfo
+    test: TestInfo
+    attempt: AttemptInfo
+    passed: bool = Field(description="Whether the attempt's grade is a pass.")
+    grade: GradeInfo | None = Field(description="The grade; null when the exam withholds grades.")
+    grade_withheld: bool = Field(
+        description="True when the exam does not publish grades (exam.attr['publish-exam-grade'] is "
+        "false): grade, score, scoreFrac and points are then null."
+    )
+    released_at: str = Field(description="When the results were released (RFC 3339); the CloudEvents time.")
+    source: SourceCoordinates
+
+
+class ExamPassed(ResultContext):
+    """A learner passed an exam."""
+
+    event_type: ClassVar[str] = "exam.result.passed"
+
+
+class ExamFailed(ResultContext):
+    """A learner failed an exam."""
+
+    event_type: ClassVar[str] = "exam.result.failed"
+
+
+class ResitAvailable(ResultContext):
+    """A learner failed and may resit the exam."""
+
+    event_type: ClassVar[str] = "exam.resit.available"
+
+    max_resits: int = Field(description="Resits allowed after a failed attempt.")
+    resits_remaining: int = Field(description="Resits the learner may still take (at least 1).")
+
+
+class ResitExhausted(ResultContext):
+    """A learner failed and has no resits left."""
+
+    event_type: ClassVar[str] = "exam.resit.exhausted"
+
+    max_resits: int = Field(description="Resits allowed after a failed attempt.")
+
+
+class ResitPassed(ResultContext):
+    """A learner passed an exam on a resit."""
+
+    event_type: ClassVar[str] = "exam.resit.passed"
+
+
+DERIVED_EVENT_MODELS: tuple[type[ResultContext], ...] = (
+    ExamPassed,
+    ExamFailed,
+    ResitAvailable,
+    ResitExhausted,
+    ResitPassed,
+)

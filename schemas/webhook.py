@@ -1,0 +1,193 @@
+"""The exam platform's "Exam Results Released" webhook body, field for field as specified.
+
+Python names are snake_case; the wire names (camelCase, and the hyphenated `exam.attr` keys) are
+aliases. Unknown extra fields are accepted and kept, so a body round-trips unchanged: the platform
+adds fields without notice, and that must never be a reason to reject a webhook.
+Timestamps stay strings, exactly as sent, so derived events can quote them unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+CustomAttributeValue = str | int | float | bool | None
+# Integers stay integers (40, not 40.0) so that values are quoted downstream as the platform sent them.
+Number = int | float
+
+
+class WireModel(BaseModel):
+    """Base of every webhook block: camelCase on the wire, extra fields kept."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="allow"
+    )
+
+
+class User(WireModel):
+    id: str
+    name: str
+    email: str
+    sub_portal_id: str | None = None
+    custom_attributes: dict[str, CustomAttributeValue]
+
+
+class Portal(WireModel):
+    id: str
+
+
+class Meta(WireModel):
+    timestamp: str
+    event_name: str
+
+
+class Grade(WireModel):
+    label: str
+    is_pass: bool
+    min_score: Number
+
+
+class GradeCriteria(WireModel):
+    grades: list[Grade]
+
+
+class Instructions(WireModel):
+    is_unlocked: bool
+    did_progress: bool
+    time_started: str
+    time_completed: str
+    time_spent_in_ms: int
+
+
+class Results(WireModel):
+    marking_status: str  # an open set: notStarted, pending, released, ...
+    pending_marks: int
+    status: str
+
+
+class Deferred(WireModel):
+    locked: bool
+
+
+class AttemptState(WireModel):
+    response_question_map: list[list[str]]
+    is_revoked: bool
+    is_started: bool
+    instructions: Instructions | None = None
+    time_started: str
+    time_completed: str
+    time_spent_in_ms: int
+    results: Results
+    deferred: Deferred
+
+
+class Marks(WireModel):
+    max_points: Number
+    credits: Number
+    penalties: Number
+    points: Number
+
+
+class Tags(WireModel):
+    non_facet_tags: list[str]
+    context: list[str]
+    skill: list[str]
+    difficulty: list[str]
+    subtopic: list[str]
+    topic: list[str]
+    subject: list[str]
+    module: list[str]
+    exam: list[str]
+
+
+class Reference(WireModel):
+    id: str
+
+
+class Audit(WireModel):
+    finalised_by: str
+    finalised_at: str
+    released_by: str
+    released_at: str
+
+    @field_validator("released_at")
+    @classmethod
+    def _released_at_is_a_timestamp(cls, value: str) -> str:
+        # It becomes the CloudEvents `time` and part of every event id: it must be a real instant.
+        datetime.fromisoformat(value)
+        return value
+
+
+class Attempt(WireModel):
+    score: Number
+    score_frac: Number
+    total_answered_correctly: int
+    grade: Grade
+    grade_criteria: GradeCriteria
+    id: str
+    is_exam: bool
+    state: AttemptState
+    marks: Marks
+    total_questions: int
+    tags: Tags
+    total_answered: int
+    time_started: str
+    time_completed: str
+    time_spent_in_ms: int
+    status: str
+    exam_status: str
+    proctor_status: str | None
+    assigned_moderating_markers: list[Reference]
+    marker: Reference
+    audit: Audit
+    resit_count: int = Field(ge=0)
+
+
+class Test(WireModel):
+    __test__ = False  # not a pytest test class, despite its name
+
+    id: str
+    title: str
+
+
+class ExamAttributes(WireModel):
+    """The portal's free-form exam attributes; these keys are the ones this customer uses."""
+
+    exam_weight: Number = Field(alias="exam-weight")
+    exam_group_id: str = Field(alias="exam-group-id")
+    publish_exam_grade: bool = Field(alias="publish-exam-grade")
+    plagiarism_checker_enabled: bool = Field(alias="plagiarism-checker-enabled")
+    scoring_model: str = Field(alias="scoring-model")
+    qualification_name: str = Field(alias="qualification_name")
+    cohort_number: str = Field(alias="cohort_number")
+
+
+class UserGroup(WireModel):
+    id: str
+    name: str
+
+
+class Exam(WireModel):
+    id: str
+    name: str
+    attr: ExamAttributes
+    resit_count: int
+    source_tests: list[str]
+    user_group: UserGroup
+
+
+class ExamResultsReleased(WireModel):
+    """Body of the "Exam Results Released" webhook: a learner's exam results were released."""
+
+    user: User
+    portal: Portal
+    meta: Meta
+    attempt: Attempt
+    test: Test
+    id: str
+    time_started: str
+    time_completed: str
+    time_spent_in_ms: int
+    exam: Exam

@@ -1,0 +1,77 @@
+"""Routing by meta.eventName: every body takes an explicit path."""
+
+from __future__ import annotations
+
+from handlers import (
+    Handled,
+    Invalid,
+    RulesSettings,
+    SourceRecord,
+    Unrouted,
+    build_routing_table,
+    route_webhook,
+)
+from schemas.webhook import ExamResultsReleased
+from tests.support.webhooks import encode, results_released
+
+SOURCE = SourceRecord("exam.webhooks.raw", 0, 0)
+TABLE = build_routing_table(RulesSettings())
+
+
+def test_every_configured_results_released_name_has_a_route() -> None:
+    rules = RulesSettings(results_released_event_names="exam.resultsReleased, exam.results_released")
+    table = build_routing_table(rules)
+    assert set(table) == {"exam.resultsReleased", "exam.results_released"}
+    assert all(route.model is ExamResultsReleased for route in table.values())
+
+
+def test_event_names_are_read_from_the_environment_as_a_comma_separated_list(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RESULTS_RELEASED_EVENT_NAMES", "a.b,c.d")
+    assert RulesSettings().results_released_event_names == ("a.b", "c.d")
+
+
+def test_a_results_released_body_is_handled() -> None:
+    assert isinstance(route_webhook(encode(results_released()), SOURCE, TABLE), Handled)
+
+
+def test_a_body_under_an_alternative_configured_name_is_handled() -> None:
+    table = build_routing_table(RulesSettings(results_released_event_names="exam.released"))
+    body = encode(results_released(event_name="exam.released"))
+    assert isinstance(route_webhook(body, SOURCE, table), Handled)
+
+
+def test_an_unknown_event_name_is_unrouted() -> None:
+    result = route_webhook(encode(results_released(event_name="user.registered")), SOURCE, TABLE)
+    assert result == Unrouted("user.registered", "no handler for meta.eventName 'user.registered'")
+
+
+def test_a_body_without_event_name_is_unrouted() -> None:
+    body = results_released()
+    del body["meta"]["eventName"]
+    result = route_webhook(encode(body), SOURCE, TABLE)
+    assert isinstance(result, Unrouted)
+    assert result.event_name is None
+
+
+def test_a_json_value_that_is_not_an_object_is_unrouted() -> None:
+    assert isinstance(route_webhook(b"[1, 2]", SOURCE, TABLE), Unrouted)
+
+
+def test_a_body_that_is_not_json_is_invalid() -> None:
+    result = route_webhook(b"\xff{not json", SOURCE, TABLE)
+    assert isinstance(result, Invalid)
+    assert result.error_type == "InvalidJson"
+
+
+def test_a_known_event_that_fails_validation_is_invalid_and_names_the_field_not_the_values() -> None:
+    body = results_released()
+    body["attempt"]["grade"]["isPass"] = "perhaps"
+    body["user"]["email"] = 12345
+    result = route_webhook(encode(body), SOURCE, TABLE)
+    assert isinstance(result, Invalid)
+    assert result.error_type == "ValidationError"
+    assert result.event_name == "exam.resultsReleased"
+    assert "attempt.grade.isPass" in result.message
+    assert "user.email" in result.message
+    assert "perhaps" not in result.message
+    assert "12345" not in result.message
