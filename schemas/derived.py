@@ -85,11 +85,11 @@ class SourceCoordinates(EventData):
 class ResultContext(EventData):
     """Fields every derived event carries."""
 
-    learner: Learner
+    learner: Learner = Field(description="The learner the result belongs to.")
     portal_id: str = Field(description="Portal (customer) id.")
-    exam: ExamInfo
-    test: TestInfo
-    attempt: AttemptInfo
+    exam: ExamInfo = Field(description="The exam the attempt counts towards.")
+    test: TestInfo = Field(description="The test that was sat.")
+    attempt: AttemptInfo = Field(description="The attempt whose results were released.")
     passed: bool = Field(description="Whether the attempt's grade is a pass.")
     grade: GradeInfo | None = Field(description="The grade; null when the exam withholds grades.")
     grade_withheld: bool = Field(
@@ -97,7 +97,7 @@ class ResultContext(EventData):
         "false): grade, score, scoreFrac and points are then null."
     )
     released_at: str = Field(description="When the results were released (RFC 3339); the CloudEvents time.")
-    source: SourceCoordinates
+    source: SourceCoordinates = Field(description="Coordinates of the webhook record this event derives from.")
 
 
 class ExamPassed(ResultContext):

@@ -116,7 +116,10 @@ class Audit(WireModel):
     @classmethod
     def _released_at_is_a_timestamp(cls, value: str) -> str:
         # It becomes the CloudEvents `time` and part of every event id: it must be a real instant.
-        datetime.fromisoformat(value)
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("not an ISO 8601 timestamp") from None  # the value stays out of error logs
         return value
 
 
