@@ -97,7 +97,7 @@ class ResultContext(EventData):
         "false): grade, score, scoreFrac and points are then null."
     )
     released_at: str = Field(description="When the results were released (RFC 3339); the CloudEvents time.")
-    source: SourceCoordinates = Field(description="Coordinates of the webhook record this event derives from.")
+    source: SourceCoordinates = Field(description="Where the source webhook lies on the raw topic.")
 
 
 class ExamPassed(ResultContext):
