@@ -85,11 +85,11 @@ class SourceCoordinates(EventData):
 class ResultContext(EventData):
     """Fields every derived event carries."""
 
-    learner: Learner = Field(description="The learner the result belongs to.")
+    learner: Learner = Field(description="Who sat the attempt (personal data).")
     portal_id: str = Field(description="Portal (customer) id.")
-    exam: ExamInfo = Field(description="The exam the attempt counts towards.")
-    test: TestInfo = Field(description="The test that was sat.")
-    attempt: AttemptInfo = Field(description="The attempt whose results were released.")
+    exam: ExamInfo = Field(description="The exam, with its weight, qualification and cohort.")
+    test: TestInfo = Field(description="The test taken in this attempt.")
+    attempt: AttemptInfo = Field(description="The attempt: id, resits, completion time and score.")
     passed: bool = Field(description="Whether the attempt's grade is a pass.")
     grade: GradeInfo | None = Field(description="The grade; null when the exam withholds grades.")
     grade_withheld: bool = Field(
