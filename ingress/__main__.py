@@ -1,0 +1,5 @@
+"""`python -m ingress`: serve the webhook endpoint."""
+
+from ingress.bootstrap import main
+
+main()

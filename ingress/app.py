@@ -1,0 +1,380 @@
+"""The ingress as a plain ASGI app: authenticate, bound, check shape, produce, and only then say 202.
+
+Routes: `POST /webhooks`, `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`.
+Raw ASGI rather than a framework: the hot path is a handful of dict lookups, one JSON parse and
+one produce, and every status it can answer is visible in `WebhookEndpoint.handle`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ingress.auth import BASIC_REALM, WEBHOOK_ID, AuthenticationFailed, Authenticator, authenticator_from
+from ingress.metrics import IngressMetrics
+from ingress.openapi import WEBHOOK_RESPONSES, openapi_document
+from ingress.producer import ProduceFailed, RecordProducer
+from ingress.settings import IngressSettings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+RawHeaders = list[tuple[bytes, bytes]]
+
+# Headers of every record on the raw topic (the consumer reads these names).
+HEADER_WEBHOOK_ID = "webhook-id"
+HEADER_EVENT_NAME = "event-name"
+HEADER_RECEIVED_AT = "received-at"
+HEADER_CONTENT_TYPE = "content-type"
+
+JSON_TYPE = b"application/json"
+MAX_WEBHOOK_ID_BYTES = 256
+log = structlog.get_logger("ingress")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its body was read; there is nobody to answer."""
+
+
+class InvalidBody(ValueError):
+    """The body is not a JSON object; the message is the short reason for the client."""
+
+
+@dataclass(slots=True)
+class Answer:
+    """What a webhook request gets back, plus what its log line says."""
+
+    status: int
+    body: dict[str, Any]
+    headers: RawHeaders
+    reason: str | None = None
+
+
+def is_json_media_type(content_type: bytes | None) -> bool:
+    """True for `application/json` and `application/<anything>+json`, parameters allowed."""
+    if not content_type:
+        return False
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    return media_type == JSON_TYPE or (
+        media_type.startswith(b"application/") and media_type.endswith(b"+json")
+    )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidBody(f"{name} is not JSON")
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or `InvalidBody` with a short reason."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidBody("body is not UTF-8") from None
+    try:
+        document = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidBody(f"malformed JSON at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidBody("JSON nested too deeply") from None
+    if not isinstance(document, dict):
+        raise InvalidBody("body is JSON but not an object")
+    return document
+
+
+def _identifier(block: object) -> bytes | None:
+    if not isinstance(block, dict):
+        return None
+    ident = block.get("id")
+    if isinstance(ident, str) and ident:
+        return ident.encode()
+    if isinstance(ident, int) and not isinstance(ident, bool):
+        return str(ident).encode()
+    return None
+
+
+def record_key(document: dict[str, Any]) -> bytes | None:
+    """`user.id`, else `attempt.id`, else None: one learner's webhooks share a partition."""
+    return _identifier(document.get("user")) or _identifier(document.get("attempt"))
+
+
+def event_name(document: dict[str, Any]) -> str | None:
+    """`meta.eventName` when the body has one (not every event does)."""
+    meta = document.get("meta")
+    name = meta.get("eventName") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def webhook_id(given: bytes | None) -> str:
+    """The sender's `webhook-id` when it is a sane token, else a fresh one."""
+    if given and len(given) <= MAX_WEBHOOK_ID_BYTES and given.isascii():
+        text = given.decode("ascii")
+        if text.isprintable() and " " not in text:
+            return text
+    return str(uuid.uuid4())
+
+
+def received_at() -> str:
+    """Now, as ISO 8601 UTC with milliseconds (`2026-06-14T09:30:12.481Z`)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json(payload: object) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+async def respond(
+    send: Send, status: int, body: bytes, content_type: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Send a complete response."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class WebhookEndpoint:
+    """`POST /webhooks`: every check in order, then the produce, then the answer."""
+
+    def __init__(
+        self,
+        settings: IngressSettings,
+        producer: RecordProducer,
+        authenticator: Authenticator,
+        metrics: IngressMetrics,
+    ) -> None:
+        self._producer = producer
+        self._authenticator = authenticator
+        self._metrics = metrics
+        self._topic = settings.raw_topic
+        self._max_body = settings.max_body_bytes
+        unauthorized: RawHeaders = []
+        if authenticator.challenges_basic:
+            unauthorized.append((b"www-authenticate", BASIC_REALM.encode()))
+        self._unauthorized_headers = unauthorized
+        self._retry_after: RawHeaders = [(b"retry-after", str(settings.retry_after_seconds).encode())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one request, count it and write its log line."""
+        started = time.perf_counter()
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        context: dict[str, Any] = {"size": 0, "webhook_id": None, "event_name": None}
+        try:
+            answer = await self.handle(headers, receive, context)
+        except ClientDisconnected:
+            log.info("webhook_client_disconnected", size=context["size"])
+            return
+        await respond(send, answer.status, _json(answer.body), JSON_TYPE, answer.headers)
+        self._metrics.requests.labels(str(answer.status)).inc()
+        log.info(
+            "webhook",
+            status=answer.status,
+            size=context["size"],
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            webhook_id=context["webhook_id"],
+            event_name=context["event_name"],
+            reason=answer.reason,
+        )
+
+    def _reject(
+        self, status: int, reason: str, headers: RawHeaders | None = None, *, log_reason: str | None = None
+    ) -> Answer:
+        assert status in WEBHOOK_RESPONSES, status  # every status we answer is in the OpenAPI document
+        return Answer(status, {"error": reason}, headers or [], log_reason or reason)
+
+    async def handle(self, headers: dict[bytes, bytes], receive: Receive, context: dict[str, Any]) -> Answer:
+        """The checks, in order: size, authentication, content type, JSON shape; then produce."""
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                return self._reject(400, "invalid Content-Length")
+            if int(declared) > self._max_body:
+                return self._too_large()
+        body = await self._read_body(receive, context)
+        if body is None:
+            return self._too_large()
+
+        try:
+            self._authenticator.verify(headers, body)
+        except AuthenticationFailed as exc:
+            return self._reject(401, "unauthorized", self._unauthorized_headers, log_reason=str(exc))
+
+        if not is_json_media_type(headers.get(b"content-type")):
+            return self._reject(415, "Content-Type must be application/json")
+        try:
+            document = parse_object(body)
+        except InvalidBody as exc:
+            return self._reject(400, str(exc))
+
+        ident = webhook_id(headers.get(WEBHOOK_ID))
+        name = event_name(document)
+        context["webhook_id"], context["event_name"] = ident, name
+        record_headers = [
+            (HEADER_WEBHOOK_ID, ident.encode()),
+            (HEADER_RECEIVED_AT, received_at().encode()),
+            (HEADER_CONTENT_TYPE, headers[b"content-type"]),
+        ]
+        if name is not None:
+            record_headers.append((HEADER_EVENT_NAME, name.encode()))
+
+        produce_started = time.perf_counter()
+        try:
+            delivery = await self._producer.produce(self._topic, body, record_key(document), record_headers)
+        except ProduceFailed as exc:
+            return self._unavailable(str(exc))
+        except Exception as exc:
+            # Whatever broke, Kafka may not have the body: the sender must retry, never be told "done".
+            log.exception("produce_crashed")
+            return self._unavailable(f"produce failed: {type(exc).__name__}")
+        finally:
+            self._metrics.produce_seconds.observe(time.perf_counter() - produce_started)
+        self._metrics.produced_bytes.inc(len(body))
+        return Answer(
+            202,
+            {
+                "webhookId": ident,
+                "topic": self._topic,
+                "partition": delivery.partition,
+                "offset": delivery.offset,
+            },
+            [],
+        )
+
+    def _too_large(self) -> Answer:
+        # Closing the connection spares us reading (and the client sending) the rest of the body.
+        return self._reject(413, f"body larger than {self._max_body} bytes", [(b"connection", b"close")])
+
+    def _unavailable(self, reason: str) -> Answer:
+        return self._reject(503, "Kafka unavailable, retry later", self._retry_after, log_reason=reason)
+
+    async def _read_body(self, receive: Receive, context: dict[str, Any]) -> bytes | None:
+        """The whole body, or None as soon as it grows past the limit."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            context["size"] = size
+            self._metrics.received_bytes.inc(len(chunk))
+            if size > self._max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class IngressApp:
+    """The ASGI application: routes to the webhook endpoint, probes, metrics and the OpenAPI document."""
+
+    def __init__(
+        self,
+        settings: IngressSettings,
+        producer: RecordProducer,
+        authenticator: Authenticator,
+        metrics: IngressMetrics,
+    ) -> None:
+        self.metrics = metrics
+        self._producer = producer
+        self._webhooks = WebhookEndpoint(settings, producer, authenticator, metrics)
+        self._openapi = json.dumps(openapi_document(), indent=2).encode()
+        self._routes: dict[str, tuple[str, Callable[[Send], Awaitable[None]]]] = {
+            "/healthz": ("GET", self._healthz),
+            "/readyz": ("GET", self._readyz),
+            "/metrics": ("GET", self._metrics_page),
+            "/openapi.json": ("GET", self._openapi_page),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        if path == "/webhooks":
+            if method == "POST":
+                await self._webhooks(scope, receive, send)
+            else:
+                await self._method_not_allowed(send, "POST")
+            return
+        route = self._routes.get(path)
+        if route is None:
+            await respond(send, 404, _json({"error": "not found"}), JSON_TYPE)
+        elif method not in (route[0], "HEAD"):
+            await self._method_not_allowed(send, route[0])
+        else:
+            await route[1](send)
+
+    @staticmethod
+    async def _method_not_allowed(send: Send, allowed: str) -> None:
+        await respond(
+            send, 405, _json({"error": "method not allowed"}), JSON_TYPE, [(b"allow", allowed.encode())]
+        )
+
+    async def _healthz(self, send: Send) -> None:
+        await respond(send, 200, b'{"status":"ok"}', JSON_TYPE)
+
+    async def _readyz(self, send: Send) -> None:
+        try:
+            ready = await self._producer.ready()
+        except Exception:
+            log.exception("readiness_check_crashed")
+            ready = False
+        if ready:
+            await respond(send, 200, b'{"ready":true}', JSON_TYPE)
+        else:
+            await respond(send, 503, b'{"ready":false}', JSON_TYPE)
+
+    async def _metrics_page(self, send: Send) -> None:
+        await respond(send, 200, self.metrics.exposition(), CONTENT_TYPE_LATEST.encode())
+
+    async def _openapi_page(self, send: Send) -> None:
+        await respond(send, 200, self._openapi, JSON_TYPE)
+
+    @staticmethod
+    async def _lifespan(receive: Receive, send: Send) -> None:
+        # The composition root owns the producer's life; the app only acknowledges the protocol.
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(
+    settings: IngressSettings,
+    *,
+    producer: RecordProducer,
+    authenticator: Authenticator | None = None,
+    metrics: IngressMetrics | None = None,
+) -> IngressApp:
+    """Build the app; nothing connects here: the producer is built and started by the caller."""
+    return IngressApp(
+        settings,
+        producer,
+        authenticator or authenticator_from(settings),
+        metrics or IngressMetrics(),
+    )

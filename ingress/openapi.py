@@ -1,0 +1,169 @@
+"""The OpenAPI description of the ingress, built from the same constants the app answers with.
+
+`python -m ingress.openapi > docs/ingress-openapi.json` regenerates the committed copy; a unit test
+fails when the two differ.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# Every status `POST /webhooks` can answer, with what it means for the sender.
+WEBHOOK_RESPONSES: dict[int, str] = {
+    202: "Kafka acknowledged the body (acks=all); it is stored on the raw topic.",
+    400: "The body is not UTF-8 JSON, not a JSON object, or Content-Length is invalid.",
+    401: "Neither HTTP Basic credentials nor a Standard Webhooks signature admitted the request.",
+    413: "The body is larger than INGRESS_MAX_BODY_BYTES (default 1 MiB).",
+    415: "The content type is not application/json (or application/*+json).",
+    503: "Kafka did not acknowledge within INGRESS_PRODUCE_TIMEOUT_SECONDS or cannot be reached. "
+    "Nothing is promised: retry after the Retry-After seconds.",
+}
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": WEBHOOK_RESPONSES[status],
+        "content": {"application/json": {"schema": _ERROR}},
+    }
+    if status == 401:
+        response["headers"] = {
+            "WWW-Authenticate": {
+                "description": '`Basic realm="exam-events"` when HTTP Basic is configured.',
+                "schema": {"type": "string"},
+            }
+        }
+    if status == 503:
+        response["headers"] = {
+            "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
+        }
+    return response
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the ingress."""
+    responses: dict[str, Any] = {
+        "202": {
+            "description": WEBHOOK_RESPONSES[202],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}},
+        }
+    }
+    responses.update({str(status): _error_response(status) for status in WEBHOOK_RESPONSES if status != 202})
+    signature_headers = [
+        {
+            "name": "webhook-id",
+            "in": "header",
+            "required": False,
+            "description": "Standard Webhooks message id, stable across retries; becomes the record's "
+            "webhook id (one is generated when absent).",
+            "schema": {"type": "string", "maxLength": 256},
+        },
+        {
+            "name": "webhook-timestamp",
+            "in": "header",
+            "required": False,
+            "description": "Unix seconds when signed; must be within 5 minutes of our clock either way.",
+            "schema": {"type": "integer"},
+        },
+        {
+            "name": "webhook-signature",
+            "in": "header",
+            "required": False,
+            "description": 'Space-separated `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{raw body}">` '
+            "entries; one match with any configured secret admits the request.",
+            "schema": {"type": "string"},
+        },
+    ]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "exam-events webhook ingress",
+            "version": "1",
+            "description": "Stores each webhook body, byte for byte, on a Kafka topic and answers 202 only "
+            "once Kafka has acknowledged it. Either authentication scheme admits a request.",
+        },
+        "paths": {
+            "/webhooks": {
+                "post": {
+                    "operationId": "receiveWebhook",
+                    "summary": "Receive one webhook",
+                    "security": [{"basicAuth": []}, {"standardWebhooks": []}],
+                    "parameters": signature_headers,
+                    "requestBody": {
+                        "required": True,
+                        "description": "Any JSON object; its shape is checked later by the consumer.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "responses": responses,
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "The process is alive",
+                    "security": [],
+                    "responses": {"200": {"description": "Alive."}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "The producer is connected and has fresh metadata",
+                    "security": [],
+                    "responses": {"200": {"description": "Ready."}, "503": {"description": "Not ready."}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics",
+                    "security": [],
+                    "responses": {"200": {"description": "Prometheus text exposition format."}},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "basicAuth": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "INGRESS_BASIC_AUTH_USERNAME / INGRESS_BASIC_AUTH_PASSWORD.",
+                },
+                "standardWebhooks": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "webhook-signature",
+                    "description": "Standard Webhooks signature with webhook-id and webhook-timestamp; "
+                    "secrets in INGRESS_SIGNING_SECRETS (`whsec_<base64>`, comma separated).",
+                },
+            },
+            "schemas": {
+                "Accepted": {
+                    "type": "object",
+                    "required": ["webhookId", "topic", "partition", "offset"],
+                    "properties": {
+                        "webhookId": {"type": "string"},
+                        "topic": {"type": "string"},
+                        "partition": {"type": "integer"},
+                        "offset": {"type": "integer"},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string", "description": "A short reason."}},
+                },
+            },
+        },
+    }
+
+
+def render() -> str:
+    """The document as committed in docs/ingress-openapi.json."""
+    return json.dumps(openapi_document(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")

@@ -1,0 +1,112 @@
+"""Settings of the webhook ingress, read from `INGRESS_*` (and `KAFKA_*`) environment variables."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from common.kafka import KafkaConnectionSettings
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+SECRET_PREFIX = "whsec_"  # noqa: S105  # a format marker, not a secret
+
+
+class IngressSettings(BaseSettings):
+    """How the ingress listens, authenticates and produces (environment variables `INGRESS_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="INGRESS_", extra="ignore")
+
+    host: str = Field("0.0.0.0", description="Address to listen on.")  # noqa: S104  # a container's port
+    port: int = Field(8080, ge=1, le=65535, description="TCP port to listen on.")
+    basic_auth_username: str | None = Field(None, description="HTTP Basic user name the sender uses.")
+    basic_auth_password: SecretStr | None = Field(None, description="HTTP Basic password (never logged).")
+    signing_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="Standard Webhooks secrets `whsec_<base64>`, comma separated; several allow rotation.",
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Accept requests without any authentication. Local development only."
+    )
+    signature_tolerance_seconds: int = Field(
+        300, ge=1, description="How far `webhook-timestamp` may be from now, either way."
+    )
+    max_body_bytes: int = Field(1024 * 1024, ge=1, description="Largest body accepted; larger gets 413.")
+    raw_topic: str = Field("exam.webhooks.raw", min_length=1, description="Topic the bodies go to.")
+    produce_timeout_seconds: float = Field(
+        5.0, gt=0, description="How long to wait for Kafka's acknowledgement before answering 503."
+    )
+    retry_after_seconds: int = Field(10, ge=0, description="`Retry-After` sent with a 503.")
+    linger_ms: int = Field(
+        1, ge=0, description="How long the producer waits to batch records of concurrent requests."
+    )
+    log_level: LogLevel = Field("INFO", description="Log level of the process.")
+    kafka: KafkaConnectionSettings = Field(
+        default_factory=KafkaConnectionSettings, description="`KAFKA_*` connection settings."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("signing_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("signing_secrets")
+    @classmethod
+    def _secrets_are_whsec_base64(cls, secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for position, secret in enumerate(secrets, start=1):
+            signing_key(secret, position)
+        return secrets
+
+    @model_validator(mode="after")
+    def _some_authentication_is_configured(self) -> IngressSettings:
+        if (self.basic_auth_username is None) != (self.basic_auth_password is None):
+            raise ValueError(
+                "set both INGRESS_BASIC_AUTH_USERNAME and INGRESS_BASIC_AUTH_PASSWORD, or neither"
+            )
+        if not (self.basic_auth_configured or self.signing_secrets or self.allow_unauthenticated):
+            raise ValueError(
+                "no authentication configured: set INGRESS_BASIC_AUTH_USERNAME and "
+                "INGRESS_BASIC_AUTH_PASSWORD, or INGRESS_SIGNING_SECRETS "
+                "(or INGRESS_ALLOW_UNAUTHENTICATED=true for local development only)"
+            )
+        return self
+
+    @property
+    def basic_auth_configured(self) -> bool:
+        """True when HTTP Basic credentials are set."""
+        return self.basic_auth_username is not None and self.basic_auth_password is not None
+
+    @property
+    def signing_keys(self) -> tuple[bytes, ...]:
+        """The decoded HMAC keys of the signing secrets, in the configured order."""
+        return tuple(signing_key(s, i) for i, s in enumerate(self.signing_secrets, start=1))
+
+    @property
+    def unauthenticated(self) -> bool:
+        """True when no scheme is configured and requests are let in as they come."""
+        return not (self.basic_auth_configured or self.signing_secrets)
+
+
+def signing_key(secret: SecretStr, position: int = 1) -> bytes:
+    """The HMAC key inside a `whsec_<base64>` secret; the error names the position, never the value."""
+    raw = secret.get_secret_value()
+    encoded = raw.removeprefix(SECRET_PREFIX)
+    if raw == encoded:
+        raise ValueError(f"signing secret #{position} does not start with {SECRET_PREFIX}")
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"signing secret #{position} is not {SECRET_PREFIX} followed by base64") from None
+    if not key:
+        raise ValueError(f"signing secret #{position} is empty")
+    return key
