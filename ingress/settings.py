@@ -18,7 +18,8 @@ SECRET_PREFIX = "whsec_"  # noqa: S105  # a format marker, not a secret
 class IngressSettings(BaseSettings):
     """How the ingress listens, authenticates and produces (environment variables `INGRESS_*`)."""
 
-    model_config = SettingsConfigDict(env_prefix="INGRESS_", extra="ignore")
+    # Errors never echo their input: it may be a password or a signing secret.
+    model_config = SettingsConfigDict(env_prefix="INGRESS_", extra="ignore", hide_input_in_errors=True)
 
     host: str = Field("0.0.0.0", description="Address to listen on.")  # noqa: S104  # a container's port
     port: int = Field(8080, ge=1, le=65535, description="TCP port to listen on.")

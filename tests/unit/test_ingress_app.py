@@ -1,0 +1,363 @@
+"""The ASGI app's answers, with a recording producer where Kafka itself is beside the point."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from typing import Any
+
+import httpx
+import pytest
+
+from ingress.app import IngressApp, create_app, is_json_media_type
+from ingress.openapi import WEBHOOK_RESPONSES
+from ingress.producer import ProduceFailed
+from tests.support.ingress_harness import (
+    JSON,
+    RecordingProducer,
+    basic_auth,
+    client_for,
+    ingress_settings,
+    signed,
+    unavailable,
+)
+
+SMALL_LIMIT = 4096
+
+
+@pytest.fixture
+def producer() -> RecordingProducer:
+    return RecordingProducer()
+
+
+@pytest.fixture
+def app(producer: RecordingProducer) -> IngressApp:
+    return create_app(ingress_settings(max_body_bytes=SMALL_LIMIT, retry_after_seconds=7), producer=producer)
+
+
+@pytest.fixture
+async def client(app: IngressApp) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(app) as http:
+        yield http
+
+
+async def post(
+    client: httpx.AsyncClient, body: bytes, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return await client.post(
+        "/webhooks", content=body, headers=headers if headers is not None else {**JSON, **basic_auth()}
+    )
+
+
+async def test_an_authenticated_json_object_is_produced_unchanged_and_answered_202(
+    client: httpx.AsyncClient, producer: RecordingProducer, sample_body: bytes
+) -> None:
+    response = await post(client, sample_body)
+
+    assert response.status_code == 202
+    assert [r.value for r in producer.records] == [sample_body]
+    assert response.json() == {
+        "webhookId": producer.records[0].headers["webhook-id"].decode(),
+        "topic": "exam.webhooks.raw",
+        "partition": 0,
+        "offset": 0,
+    }
+
+
+async def test_the_record_is_keyed_by_user_id_and_carries_its_headers(
+    client: httpx.AsyncClient, producer: RecordingProducer, sample_body: bytes
+) -> None:
+    await post(client, sample_body, {"content-type": "application/json; charset=utf-8", **basic_auth()})
+
+    record = producer.records[0]
+    assert record.key == b"usr_8f2c1a7e"
+    assert record.headers["event-name"] == b"exam.resultsReleased"
+    assert record.headers["content-type"] == b"application/json; charset=utf-8"
+    assert record.headers["received-at"].endswith(b"Z")
+    assert len(record.headers["webhook-id"]) == 36  # a generated uuid
+
+
+@pytest.mark.parametrize(
+    ("document", "key"),
+    [
+        ({"user": {"id": "u1"}, "attempt": {"id": "a1"}}, b"u1"),
+        ({"attempt": {"id": "a1"}}, b"a1"),
+        ({"user": {"objectId": "u1"}, "attempt": {"id": 42}}, b"42"),
+        ({"user": "u1"}, None),
+        ({"user": {"id": True}}, None),
+        ({}, None),
+    ],
+)
+async def test_the_key_is_user_id_else_attempt_id_else_none(
+    client: httpx.AsyncClient, producer: RecordingProducer, document: dict[str, Any], key: bytes | None
+) -> None:
+    await post(client, json.dumps(document).encode())
+
+    assert producer.records[0].key == key
+
+
+async def test_a_body_without_an_event_name_gets_no_event_name_header(
+    client: httpx.AsyncClient, producer: RecordingProducer
+) -> None:
+    await post(client, b'{"meta":{"timestamp":"x"}}')
+
+    assert "event-name" not in producer.records[0].headers
+
+
+async def test_the_standard_webhooks_id_becomes_the_webhook_id(
+    client: httpx.AsyncClient, producer: RecordingProducer, sample_body: bytes
+) -> None:
+    response = await post(
+        client, sample_body, {**JSON, **signed(sample_body, msg_id="msg_2KWPBgLlAfxdpx2AI54pPJ85f4W")}
+    )
+
+    assert response.status_code == 202
+    assert response.json()["webhookId"] == "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"
+    assert producer.records[0].headers["webhook-id"] == b"msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {**JSON},
+        {**JSON, **basic_auth(password="wrong")},
+        {**JSON, **signed(b'{"other":1}')},
+    ],
+    ids=["no credentials", "wrong password", "signature of another body"],
+)
+async def test_unauthenticated_requests_get_401_with_a_basic_challenge_and_produce_nothing(
+    client: httpx.AsyncClient, producer: RecordingProducer, headers: dict[str, str]
+) -> None:
+    response = await post(client, b'{"user":{"id":"u1"}}', headers)
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Basic realm=")
+    assert producer.records == []
+
+
+async def test_without_basic_configured_a_401_carries_no_basic_challenge(producer: RecordingProducer) -> None:
+    app = create_app(ingress_settings(basic_auth_username=None, basic_auth_password=None), producer=producer)
+    async with client_for(app) as client:
+        response = await post(client, b"{}", {**JSON})
+
+    assert response.status_code == 401
+    assert "www-authenticate" not in response.headers
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "json"])
+async def test_a_content_type_other_than_json_gets_415(
+    client: httpx.AsyncClient, producer: RecordingProducer, content_type: str | None
+) -> None:
+    headers = basic_auth() | ({"content-type": content_type} if content_type else {})
+
+    response = await post(client, b"{}", headers)
+
+    assert response.status_code == 415
+    assert producer.records == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [b"application/json", b"Application/JSON ; charset=UTF-8", b"application/cloudevents+json"],
+)
+def test_json_and_plus_json_media_types_with_parameters_count_as_json(content_type: bytes) -> None:
+    assert is_json_media_type(content_type)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "malformed JSON"),
+        (b"", "malformed JSON"),
+        (b"[1, 2]", "not an object"),
+        (b'"text"', "not an object"),
+        (b"null", "not an object"),
+        (b'{"score": NaN}', "NaN is not JSON"),
+        (b'{"name": "\xff"}', "not UTF-8"),
+        (b"[" * 100_000, "nested too deeply"),
+    ],
+)
+async def test_a_body_that_is_not_a_json_object_gets_400_with_a_short_reason(
+    producer: RecordingProducer, body: bytes, reason: str
+) -> None:
+    app = create_app(ingress_settings(), producer=producer)
+    async with client_for(app) as client:
+        response = await post(client, body)
+
+    assert response.status_code == 400
+    assert reason in response.json()["error"]
+    assert len(response.json()["error"]) < 80
+    assert producer.records == []
+
+
+async def test_a_body_over_the_limit_gets_413_and_produces_nothing(
+    client: httpx.AsyncClient, producer: RecordingProducer
+) -> None:
+    body = b'{"pad":"' + b"x" * SMALL_LIMIT + b'"}'
+
+    response = await post(client, body)
+
+    assert response.status_code == 413
+    assert producer.records == []
+
+
+async def test_a_body_exactly_at_the_limit_is_accepted(
+    client: httpx.AsyncClient, producer: RecordingProducer
+) -> None:
+    body = b'{"pad":"' + b"x" * (SMALL_LIMIT - 10) + b'"}'
+    assert len(body) == SMALL_LIMIT
+
+    response = await post(client, body)
+
+    assert response.status_code == 202
+
+
+class EndlessBody:
+    """An ASGI receive() that never ends its body, counting the bytes it handed out."""
+
+    def __init__(self, chunk: bytes) -> None:
+        self.chunk = chunk
+        self.sent = 0
+
+    async def __call__(self) -> dict[str, Any]:
+        self.sent += len(self.chunk)
+        return {"type": "http.request", "body": self.chunk, "more_body": True}
+
+
+def webhook_scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": "/webhooks", "headers": headers}
+
+
+async def call(app: IngressApp, scope: dict[str, Any], receive: Any) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_an_endless_chunked_body_gets_413_after_reading_little_more_than_the_limit(
+    app: IngressApp, producer: RecordingProducer
+) -> None:
+    body = EndlessBody(b"x" * 1000)
+    auth = basic_auth()["authorization"].encode()
+
+    sent = await call(
+        app, webhook_scope([(b"content-type", b"application/json"), (b"authorization", auth)]), body
+    )
+
+    assert sent[0]["status"] == 413
+    assert body.sent <= SMALL_LIMIT + 1000
+    assert producer.records == []
+
+
+async def test_a_declared_content_length_over_the_limit_gets_413_before_any_body_is_read(
+    app: IngressApp,
+) -> None:
+    body = EndlessBody(b"x")
+
+    sent = await call(app, webhook_scope([(b"content-length", str(SMALL_LIMIT + 1).encode())]), body)
+
+    assert sent[0]["status"] == 413
+    assert body.sent == 0
+
+
+async def test_a_client_that_disconnects_mid_body_gets_no_answer_and_nothing_is_produced(
+    app: IngressApp, producer: RecordingProducer
+) -> None:
+    messages: Iterator[dict[str, Any]] = iter(
+        [{"type": "http.request", "body": b'{"a":', "more_body": True}, {"type": "http.disconnect"}]
+    )
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    sent = await call(
+        app, webhook_scope([(b"authorization", basic_auth()["authorization"].encode())]), receive
+    )
+
+    assert sent == []
+    assert producer.records == []
+
+
+@pytest.mark.parametrize("failure", [unavailable(), RuntimeError("bug in a producer")])
+async def test_when_kafka_does_not_acknowledge_the_answer_is_503_with_retry_after(
+    client: httpx.AsyncClient, producer: RecordingProducer, sample_body: bytes, failure: Exception
+) -> None:
+    producer.failure = failure
+
+    response = await post(client, sample_body)
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "7"
+
+
+async def test_every_status_the_endpoint_answers_is_documented(
+    client: httpx.AsyncClient, producer: RecordingProducer, sample_body: bytes
+) -> None:
+    seen = {
+        (await post(client, sample_body)).status_code,
+        (await post(client, b"[]")).status_code,
+        (await post(client, sample_body, JSON)).status_code,
+        (await post(client, b"x" * (SMALL_LIMIT + 1))).status_code,
+        (await post(client, sample_body, basic_auth())).status_code,
+    }
+    producer.failure = ProduceFailed("down")
+    seen.add((await post(client, sample_body)).status_code)
+
+    assert seen == set(WEBHOOK_RESPONSES)
+
+
+async def test_healthz_answers_200(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).status_code == 200
+
+
+@pytest.mark.parametrize(("ready", "status"), [(True, 200), (False, 503)])
+async def test_readyz_follows_the_producer(
+    client: httpx.AsyncClient, producer: RecordingProducer, ready: bool, status: int
+) -> None:
+    producer.is_ready = ready
+
+    assert (await client.get("/readyz")).status_code == status
+
+
+async def test_metrics_count_requests_by_status_and_bytes(
+    client: httpx.AsyncClient, sample_body: bytes
+) -> None:
+    await post(client, sample_body)
+    await post(client, sample_body, JSON)
+
+    page = (await client.get("/metrics")).text
+
+    assert 'ingress_requests_total{status="202"} 1.0' in page
+    assert 'ingress_requests_total{status="401"} 1.0' in page
+    assert f"ingress_produced_bytes_total {float(len(sample_body))}" in page
+    assert "ingress_produce_seconds_count 1.0" in page
+
+
+async def test_two_apps_in_one_process_keep_separate_metrics(producer: RecordingProducer) -> None:
+    first = create_app(ingress_settings(), producer=producer)
+    second = create_app(ingress_settings(), producer=producer)
+    async with client_for(first) as client:
+        await post(client, b"{}")
+
+    assert 'status="202"' in first.metrics.exposition().decode()
+    assert 'status="202"' not in second.metrics.exposition().decode()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/webhooks", 405), ("POST", "/healthz", 405), ("GET", "/nope", 404)],
+)
+async def test_wrong_methods_and_unknown_paths_are_refused(
+    client: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
+    assert (await client.request(method, path)).status_code == status
+
+
+async def test_the_openapi_document_is_served(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+
+    assert set(document["paths"]["/webhooks"]["post"]["responses"]) == {str(s) for s in WEBHOOK_RESPONSES}
