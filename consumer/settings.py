@@ -1,0 +1,116 @@
+"""Settings of the results consumer, read from `CONSUMER_*` (and `KAFKA_*`, rules) environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.kafka import KafkaConnectionSettings
+from handlers import RulesSettings
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class ConsumerSettings(BaseSettings):
+    """Topics, group, batching, retry and HTTP settings of the consumer (environment `CONSUMER_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CONSUMER_", extra="ignore")
+
+    raw_topic: str = Field("exam.webhooks.raw", min_length=1, description="Topic of raw webhook bodies.")
+    passed_topic: str = Field(
+        "exam.results.passed", min_length=1, description="Topic of `exam.result.passed` events."
+    )
+    failed_topic: str = Field(
+        "exam.results.failed", min_length=1, description="Topic of `exam.result.failed` events."
+    )
+    resits_topic: str = Field(
+        "exam.resits", min_length=1, description="Topic of the `exam.resit.*` events (all three types)."
+    )
+    dlq_topic: str = Field(
+        "exam.webhooks.dlq", min_length=1, description="Dead-letter topic: not JSON, or invalid known event."
+    )
+    unrouted_topic: str = Field(
+        "exam.webhooks.unrouted", min_length=1, description="Topic of JSON bodies no handler answers to."
+    )
+    group_id: str = Field("exam-events", min_length=1, description="Kafka consumer group id.")
+    http_host: str = Field("0.0.0.0", description="Address the HTTP port listens on.")  # noqa: S104  # a container's port
+    http_port: int = Field(
+        8081, ge=1, le=65535, description="Port of /healthz, /readyz, /metrics, /asyncapi."
+    )
+    batch_max_records: int = Field(500, ge=1, description="Most raw records handled (and committed) at once.")
+    batch_timeout_ms: int = Field(
+        200, ge=1, description="How long one fetch waits for records when the topic is idle."
+    )
+    retry_backoff_initial_seconds: float = Field(
+        0.5, gt=0, description="First wait before re-publishing a batch after a broker error."
+    )
+    retry_backoff_max_seconds: float = Field(
+        30.0, gt=0, description="Longest wait between re-publish attempts (the wait doubles up to this)."
+    )
+    graceful_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="On SIGTERM or a rebalance, how long the in-flight batch may take to finish and commit.",
+    )
+    max_poll_interval_ms: int = Field(
+        300_000,
+        ge=1000,
+        description="Kafka evicts the member when one batch takes longer than this (e.g. retrying).",
+    )
+    session_timeout_ms: int = Field(
+        10_000, ge=1000, description="Kafka group session timeout: a dead process is noticed after this."
+    )
+    producer_linger_ms: int = Field(
+        5, ge=0, description="How long the producer waits to fill a request with more records."
+    )
+    producer_max_batch_bytes: int = Field(
+        256 * 1024, ge=16 * 1024, description="Largest record batch per partition in one produce request."
+    )
+    producer_request_timeout_ms: int = Field(
+        30_000,
+        ge=1000,
+        description="How long the producer waits for an acknowledgement before failing a send.",
+    )
+    log_level: LogLevel = Field("INFO", description="Log level of the process.")
+    kafka: KafkaConnectionSettings = Field(
+        default_factory=KafkaConnectionSettings, description="`KAFKA_*` connection settings."
+    )
+    rules: RulesSettings = Field(
+        default_factory=RulesSettings, description="Rules settings (RESULTS_RELEASED_EVENT_NAMES, ...)."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _topics_do_not_loop(self) -> ConsumerSettings:
+        outputs = {
+            self.passed_topic,
+            self.failed_topic,
+            self.resits_topic,
+            self.dlq_topic,
+            self.unrouted_topic,
+        }
+        # Writing back to the raw topic would feed the consumer its own output forever.
+        if self.raw_topic in outputs:
+            raise ValueError(f"CONSUMER_RAW_TOPIC {self.raw_topic!r} must differ from every output topic")
+        if self.retry_backoff_initial_seconds > self.retry_backoff_max_seconds:
+            raise ValueError(
+                "CONSUMER_RETRY_BACKOFF_INITIAL_SECONDS exceeds CONSUMER_RETRY_BACKOFF_MAX_SECONDS"
+            )
+        return self
+
+    @property
+    def derived_topics(self) -> dict[str, str]:
+        """Derived event type -> topic; the single place that decides where each type goes."""
+        return {
+            "exam.result.passed": self.passed_topic,
+            "exam.result.failed": self.failed_topic,
+            "exam.resit.available": self.resits_topic,
+            "exam.resit.exhausted": self.resits_topic,
+            "exam.resit.passed": self.resits_topic,
+        }
