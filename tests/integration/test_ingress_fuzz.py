@@ -1,0 +1,217 @@
+"""Fuzzing headers and bodies against the app with a real producer: no 500, no crash, 202 only when due."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from ingress.app import IngressApp, create_app
+from ingress.bootstrap import build_producer
+from ingress.openapi import WEBHOOK_RESPONSES
+from ingress.producer import KafkaRecordProducer
+from tests.support.ingress_harness import (
+    OTHER_KEY,
+    PASSWORD,
+    basic_auth,
+    ingress_settings,
+    signed,
+)
+
+MAX_BODY = 2048
+RawHeaders = list[tuple[bytes, bytes]]
+CREDENTIAL_NAMES = {
+    b"authorization",
+    b"webhook-id",
+    b"webhook-timestamp",
+    b"webhook-signature",
+    b"content-type",
+}
+
+
+@dataclass
+class FuzzTarget:
+    app: IngressApp
+    producer: KafkaRecordProducer
+
+
+@pytest.fixture
+async def target(kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]]) -> AsyncIterator[FuzzTarget]:
+    from common.kafka import KafkaConnectionSettings
+
+    topic = await new_topic("fuzz", partitions=2)
+    settings_ = ingress_settings(
+        raw_topic=topic,
+        max_body_bytes=MAX_BODY,
+        kafka=KafkaConnectionSettings(bootstrap_servers=kafka_bootstrap),
+    )
+    producer = build_producer(settings_)
+    await producer.start()
+    try:
+        yield FuzzTarget(create_app(settings_, producer=producer), producer)
+    finally:
+        await producer.stop()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "user": st.fixed_dictionaries({}, optional={"id": json_values}) | json_values,
+        "attempt": st.fixed_dictionaries({}, optional={"id": json_values}),
+        "meta": st.fixed_dictionaries({}, optional={"eventName": json_values}),
+        "extra": json_values,
+    },
+)
+valid_bodies = objects.map(lambda o: json.dumps(o).encode())
+# Valid objects are drawn most often, so that the 202 path is exercised as much as the refusals.
+bodies = st.one_of(
+    valid_bodies,
+    valid_bodies,
+    valid_bodies,
+    json_values.map(lambda v: json.dumps(v).encode()),
+    valid_bodies,
+    st.binary(max_size=256),
+    valid_bodies.map(lambda b: b + b" " * MAX_BODY),
+)
+json_types = st.sampled_from([b"application/json", b"application/json; charset=utf-8", b"application/x+json"])
+content_types = st.one_of(
+    json_types, json_types, st.sampled_from([b"text/plain", b"", b"json"]), st.binary(max_size=40)
+)
+junk_headers = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [b"authorization", b"webhook-id", b"webhook-timestamp", b"webhook-signature", b"x-junk"]
+        )
+        | st.binary(min_size=1, max_size=20),
+        st.binary(max_size=200),
+    ),
+    max_size=4,
+)
+
+
+@st.composite
+def requests(draw: st.DrawFn, *, well_formed: bool = False) -> tuple[RawHeaders, bytes, dict[bytes, bytes]]:
+    """Headers, body, and the valid credentials among the headers (empty when none were sent).
+
+    `well_formed` draws only credentialed JSON-object posts, whose fuzzed parts are the object and
+    extra headers: the 202 path gets as many examples as the refusals.
+    """
+    body = draw(valid_bodies if well_formed else bodies)
+    kinds = (
+        ["basic", "signature"]
+        if well_formed
+        else ["basic", "signature", "wrong basic", "foreign signature", "none"]
+    )
+    auth = draw(st.sampled_from(kinds))
+    credentials: dict[str, str] = {}
+    if auth == "basic":
+        credentials = basic_auth()
+    elif auth == "signature":
+        credentials = signed(body, msg_id=draw(st.text("abc_123", min_size=1, max_size=20)))
+    elif auth == "wrong basic":
+        credentials = basic_auth(password=draw(st.text(max_size=10).filter(lambda p: p != PASSWORD)))
+    elif auth == "foreign signature":
+        credentials = signed(body, key=OTHER_KEY)
+    headers = [(name.encode(), value.encode()) for name, value in credentials.items()]
+    if well_formed:
+        headers.append((b"content-type", draw(json_types)))
+        headers += draw(junk_headers.map(lambda hs: [(n, v) for n, v in hs if n not in CREDENTIAL_NAMES]))
+    else:
+        if draw(st.integers(0, 4)):
+            headers.append((b"content-type", draw(content_types)))
+        headers += draw(junk_headers)
+    valid = dict(headers[: len(credentials)]) if auth in {"basic", "signature"} else {}
+    return headers, body, valid
+
+
+async def call(app: IngressApp, headers: RawHeaders, body: bytes) -> tuple[int, bytes]:
+    sent: list[MutableMapping[str, Any]] = []
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if delivered:
+            return {"type": "http.disconnect"}
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": "POST", "path": "/webhooks", "headers": headers}, receive, send)
+    return sent[0]["status"], sent[1]["body"]
+
+
+def is_json_object(body: bytes) -> bool:
+    try:
+        return isinstance(json.loads(body.decode("utf-8")), dict)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+
+
+def is_json_type(value: bytes | None) -> bool:
+    """The media type rule, restated independently of the app's code."""
+    if not value:
+        return False
+    media = value.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+def check_answer(
+    status: int, answer: bytes, headers: RawHeaders, body: bytes, credentials: dict[bytes, bytes]
+) -> None:
+    """No 500 or 503; 202 exactly when credentials, size, content type and JSON shape are all right."""
+    assert status in WEBHOOK_RESPONSES
+    assert status != 503, answer
+    last_values = dict(headers)  # a repeated header name: the app sees the last value
+    due = (
+        bool(credentials)
+        and all(last_values.get(name) == value for name, value in credentials.items())
+        and len(body) <= MAX_BODY
+        and is_json_type(last_values.get(b"content-type"))
+        and is_json_object(body)
+    )
+    assert (status == 202) == due, (status, answer)
+    if status == 202:
+        assert json.loads(answer)["offset"] >= 0
+
+
+FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(request=requests())
+async def test_fuzzed_requests_never_get_a_500_and_get_202_only_when_everything_is_right(
+    target: FuzzTarget, request: tuple[RawHeaders, bytes, dict[bytes, bytes]]
+) -> None:
+    headers, body, credentials = request
+
+    status, answer = await call(target.app, headers, body)
+
+    event(f"status {status}")
+    check_answer(status, answer, headers, body, credentials)
+
+
+@FUZZ
+@given(request=requests(well_formed=True))
+async def test_fuzzed_well_formed_posts_are_all_stored_and_answered_202(
+    target: FuzzTarget, request: tuple[RawHeaders, bytes, dict[bytes, bytes]]
+) -> None:
+    headers, body, credentials = request
+
+    status, answer = await call(target.app, headers, body)
+
+    assert status == 202, answer
+    check_answer(status, answer, headers, body, credentials)
