@@ -8,6 +8,7 @@ COPY ingress ./ingress
 COPY consumer ./consumer
 COPY handlers ./handlers
 COPY schemas ./schemas
+COPY scripts ./scripts
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 app
 USER app
 CMD ["python", "-m", "consumer"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
-KAFKA_IMAGE = os.environ.get("KAFKA_TEST_IMAGE", "apache/kafka:4.1.1")
+KAFKA_IMAGE = os.environ.get("KAFKA_TEST_IMAGE", "apache/kafka:4.4.0")
 
 
 def free_port() -> int:
