@@ -29,7 +29,7 @@ from common.logging import configure_logging
 from consumer.batch import BatchProcessor, InFlightBatch, Offsets, backoff_delay, commit_assigned
 from consumer.http import health_routes
 from consumer.metrics import ConsumerMetrics
-from consumer.sender import KafkaSender
+from consumer.sender import KafkaSender, ManagedSender
 from consumer.settings import ConsumerSettings
 from handlers import build_routing_table
 from schemas.derived import ExamFailed, ExamPassed, ResitAvailable, ResitExhausted, ResitPassed
@@ -41,9 +41,12 @@ log = structlog.get_logger("consumer")
 class ConsumerApp(AsgiFastStream):
     """The ASGI app, which serves on CONSUMER_HTTP_HOST/PORT unless the CLI says otherwise."""
 
-    def __init__(self, *args: Any, settings: ConsumerSettings, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, settings: ConsumerSettings, metrics: ConsumerMetrics, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.settings = settings
+        self.metrics = metrics
 
     async def run(
         self, log_level: int = logging.INFO, run_extra_options: dict[str, SettingField] | None = None
@@ -67,12 +70,17 @@ RawWebhookBatch = Annotated[
 ]
 
 
-def create_app(settings: ConsumerSettings | None = None) -> ConsumerApp:
-    """Build broker, subscriber, producer, metrics and HTTP routes from settings."""
+def create_app(
+    settings: ConsumerSettings | None = None, *, sender: ManagedSender | None = None
+) -> ConsumerApp:
+    """Build broker, subscriber, producer, metrics and HTTP routes from settings.
+
+    `sender` replaces the Kafka producer (tests wrap the real one to inject broker errors).
+    """
     settings = settings or ConsumerSettings()
     configure_logging("consumer", settings.log_level)
     metrics = ConsumerMetrics.create()
-    sender = KafkaSender(settings)
+    sender = sender or KafkaSender(settings)
     in_flight = InFlightBatch(settings.graceful_timeout_seconds, metrics)
 
     broker = KafkaBroker(
@@ -167,6 +175,7 @@ def create_app(settings: ConsumerSettings | None = None) -> ConsumerApp:
     return ConsumerApp(
         broker,
         settings=settings,
+        metrics=metrics,
         asgi_routes=health_routes(ready, metrics.registry),
         # No "try it out" route: it would let any HTTP caller publish to the cluster.
         asyncapi_path=AsyncAPIRoute("/asyncapi", try_it_out_path=None),

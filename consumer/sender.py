@@ -18,6 +18,14 @@ class RecordSender(Protocol):
     async def send(self, record: OutgoingRecord) -> asyncio.Future[Any]: ...
 
 
+class ManagedSender(RecordSender, Protocol):
+    """A RecordSender with a lifecycle and a reachability check (KafkaSender, or a test's wrapper)."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def ping(self, timeout: float) -> bool: ...
+
+
 class PublishError(Exception):
     """Some records of a batch were not acknowledged by Kafka; the batch must not be committed."""
 

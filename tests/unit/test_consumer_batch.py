@@ -1,0 +1,178 @@
+"""One batch: nothing is committed until every output is acknowledged; broker errors are retried."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from aiokafka.errors import CommitFailedError, KafkaTimeoutError
+
+from consumer.batch import BatchProcessor, backoff_delay
+from consumer.metrics import ConsumerMetrics
+from consumer.plan import OutgoingRecord
+from consumer.sender import PublishError, publish_all
+from consumer.settings import ConsumerSettings
+from handlers import RulesSettings, build_routing_table
+from tests.support.webhooks import encode, results_released
+from tests.unit.test_consumer_plan import FakeRecord
+
+
+class ScriptedSender:
+    """Acknowledges sends, except that the first `failures` sends fail the way a broker outage does."""
+
+    def __init__(self, failures: int = 0, *, raise_on_send: bool = False) -> None:
+        self.failures = failures
+        self.raise_on_send = raise_on_send
+        self.attempts: list[OutgoingRecord] = []
+        self.acknowledged: list[OutgoingRecord] = []
+
+    async def send(self, record: OutgoingRecord) -> asyncio.Future[Any]:
+        self.attempts.append(record)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.failures > 0:
+            self.failures -= 1
+            if self.raise_on_send:
+                raise KafkaTimeoutError("no metadata")
+            future.set_exception(KafkaTimeoutError("request timed out"))
+        else:
+            self.acknowledged.append(record)
+            future.set_result(None)
+        return future
+
+
+class RecordingCommit:
+    """Records each commit together with how many records were acknowledged at that moment."""
+
+    def __init__(self, sender: ScriptedSender, error: Exception | None = None) -> None:
+        self.sender = sender
+        self.error = error
+        self.calls: list[tuple[dict[tuple[str, int], int], int]] = []
+
+    async def __call__(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.calls.append((dict(offsets), len(self.sender.acknowledged)))
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def metrics() -> ConsumerMetrics:
+    return ConsumerMetrics.create()
+
+
+def processor(
+    sender: ScriptedSender, commit: RecordingCommit, metrics: ConsumerMetrics, sleeps: list[float]
+) -> BatchProcessor:
+    settings = ConsumerSettings(
+        rules=RulesSettings(), retry_backoff_initial_seconds=0.5, retry_backoff_max_seconds=2.0
+    )
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    return BatchProcessor(
+        settings=settings,
+        table=build_routing_table(settings.rules),
+        sender=sender,
+        commit=commit,
+        metrics=metrics,
+        sleep=sleep,
+    )
+
+
+def batch() -> list[FakeRecord]:
+    return [
+        FakeRecord(encode(results_released(passed=False, user_id="u1")), offset=0),
+        FakeRecord(encode(results_released(passed=True, user_id="u2")), offset=1),
+        FakeRecord(b"not json", offset=2),
+        FakeRecord(encode({"meta": {"eventName": "user.updated"}}), offset=3),
+        FakeRecord(encode(results_released(revoked=True)), offset=4),
+    ]
+
+
+def sample(metrics: ConsumerMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_batch_is_committed_once_after_every_output_is_acknowledged(metrics: ConsumerMetrics) -> None:
+    sender, sleeps = ScriptedSender(), []
+    commit = RecordingCommit(sender)
+
+    await processor(sender, commit, metrics, sleeps).process(batch())
+
+    # 2 failed events + 1 passed + 1 DLQ + 1 unrouted; the revoked attempt emits nothing.
+    assert len(sender.acknowledged) == 5
+    assert commit.calls == [({("exam.webhooks.raw", 0): 5}, 5)]
+    assert sleeps == []
+    assert sample(metrics, "exam_events_consumer_records_consumed_total") == 5
+    assert sample(metrics, "exam_events_consumer_events_emitted_total", type="exam.result.failed") == 1
+    assert sample(metrics, "exam_events_consumer_events_emitted_total", type="exam.resit.available") == 1
+    assert sample(metrics, "exam_events_consumer_records_dead_lettered_total", error_type="InvalidJson") == 1
+    assert sample(metrics, "exam_events_consumer_records_unrouted_total") == 1
+    assert sample(metrics, "exam_events_consumer_attempts_revoked_total") == 1
+    assert sample(metrics, "exam_events_consumer_handler_seconds_count") == 5
+
+
+@pytest.mark.parametrize("raise_on_send", [False, True], ids=["ack-fails", "send-raises"])
+async def test_a_broker_error_republishes_the_whole_batch_with_backoff_and_commits_only_after(
+    metrics: ConsumerMetrics, raise_on_send: bool
+) -> None:
+    sender, sleeps = ScriptedSender(failures=12, raise_on_send=raise_on_send), []
+    commit = RecordingCommit(sender)
+
+    await processor(sender, commit, metrics, sleeps).process(batch())
+
+    # One commit, made after the last attempt had every one of its 5 records acknowledged.
+    assert commit.calls == [({("exam.webhooks.raw", 0): 5}, len(sender.acknowledged))]
+    assert sender.acknowledged[-5:] == sender.attempts[-5:]  # the last attempt re-sent the whole batch
+    assert sleeps[:3] == [0.5, 1.0, 2.0]  # doubling, capped at the maximum
+    assert sample(metrics, "exam_events_consumer_publish_retries_total") == len(sleeps) > 0
+    # Outcomes are counted once, when acknowledged, not once per attempt.
+    assert sample(metrics, "exam_events_consumer_records_unrouted_total") == 1
+
+
+async def test_a_failed_commit_is_counted_and_does_not_crash_the_worker(metrics: ConsumerMetrics) -> None:
+    sender, sleeps = ScriptedSender(), []
+    commit = RecordingCommit(sender, error=CommitFailedError("rebalanced"))
+
+    await processor(sender, commit, metrics, sleeps).process(batch())
+
+    assert sample(metrics, "exam_events_consumer_commit_failures_total") == 1
+
+
+async def test_cancellation_during_retries_leaves_the_batch_uncommitted(metrics: ConsumerMetrics) -> None:
+    sender = ScriptedSender(failures=10**6)
+    commit = RecordingCommit(sender)
+    settings = ConsumerSettings(rules=RulesSettings(), retry_backoff_initial_seconds=0.01)
+    work = BatchProcessor(
+        settings=settings,
+        table=build_routing_table(settings.rules),
+        sender=sender,
+        commit=commit,
+        metrics=metrics,
+    )
+
+    task = asyncio.create_task(work.process(batch()))
+    while sample(metrics, "exam_events_consumer_publish_retries_total") < 2:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert commit.calls == []
+
+
+async def test_publish_all_reports_every_unacknowledged_record() -> None:
+    sender = ScriptedSender(failures=2)
+    records = [OutgoingRecord("t", None, b"v", ()) for _ in range(3)]
+
+    with pytest.raises(PublishError, match="2 of 3"):
+        await publish_all(sender, records)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "expected"), [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (7, 30.0), (500, 30.0)]
+)
+def test_backoff_doubles_from_the_initial_delay_up_to_the_maximum(attempt: int, expected: float) -> None:
+    assert backoff_delay(attempt, 0.5, 30.0) == expected

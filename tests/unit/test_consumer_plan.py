@@ -1,0 +1,193 @@
+"""Planning a batch: which records go where, with which keys and headers, and what gets committed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from consumer import plan as plan_module
+from consumer.plan import BatchPlan, plan_batch
+from consumer.settings import ConsumerSettings
+from handlers import RulesSettings, build_routing_table
+from tests.support.webhooks import encode, results_released
+
+
+@dataclass(frozen=True)
+class FakeRecord:
+    """A consumed record as aiokafka hands it over."""
+
+    value: bytes | None
+    offset: int = 0
+    partition: int = 0
+    topic: str = "exam.webhooks.raw"
+    key: bytes | None = None
+    headers: Sequence[tuple[str, bytes]] = field(default_factory=tuple)
+
+
+@pytest.fixture
+def settings() -> ConsumerSettings:
+    return ConsumerSettings(rules=RulesSettings())
+
+
+def plan(settings: ConsumerSettings, *records: FakeRecord) -> BatchPlan:
+    return plan_batch(
+        records,
+        build_routing_table(settings.rules),
+        settings.derived_topics,
+        dlq_topic=settings.dlq_topic,
+        unrouted_topic=settings.unrouted_topic,
+    )
+
+
+def test_a_passed_result_goes_to_the_passed_topic_keyed_by_learner_with_cloudevents_headers(
+    settings: ConsumerSettings, sample_body: bytes
+) -> None:
+    result = plan(settings, FakeRecord(sample_body, offset=41))
+
+    (record,) = result.outgoing
+    headers = dict(record.headers)
+    assert record.topic == "exam.results.passed"
+    assert record.key == b"usr_8f2c1a7e"
+    assert headers["ce_type"] == b"exam.result.passed"
+    assert headers["ce_specversion"] == b"1.0"
+    assert headers["ce_subject"] == b"att_5b9e0c2d"
+    assert headers["content-type"] == b"application/json"
+    assert json.loads(record.value or b"")["source"]["offset"] == 41
+    assert result.next_offsets == {("exam.webhooks.raw", 0): 42}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            results_released(passed=False, resit_count=0),
+            [("exam.results.failed", "exam.result.failed"), ("exam.resits", "exam.resit.available")],
+        ),
+        (
+            results_released(passed=False, resit_count=2),
+            [("exam.results.failed", "exam.result.failed"), ("exam.resits", "exam.resit.exhausted")],
+        ),
+        (
+            results_released(passed=True, resit_count=1),
+            [("exam.results.passed", "exam.result.passed"), ("exam.resits", "exam.resit.passed")],
+        ),
+    ],
+    ids=["failed-with-resits-left", "failed-without-resits", "passed-on-a-resit"],
+)
+def test_each_derived_event_type_goes_to_its_configured_topic(
+    settings: ConsumerSettings, body: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
+    result = plan(settings, FakeRecord(encode(body)))
+
+    assert [(r.topic, dict(r.headers)["ce_type"].decode()) for r in result.outgoing] == expected
+
+
+def test_topics_follow_the_settings(sample_body: bytes) -> None:
+    settings = ConsumerSettings(passed_topic="custom.passed", rules=RulesSettings())
+
+    assert [r.topic for r in plan(settings, FakeRecord(sample_body)).outgoing] == ["custom.passed"]
+
+
+def test_a_revoked_attempt_emits_nothing_but_is_counted_and_committed(settings: ConsumerSettings) -> None:
+    result = plan(settings, FakeRecord(encode(results_released(revoked=True)), offset=7))
+
+    assert result.outgoing == []
+    assert result.count("revoked") == 1
+    assert result.next_offsets == {("exam.webhooks.raw", 0): 8}
+
+
+def test_a_body_that_is_not_json_goes_to_the_dlq_byte_for_byte_with_why_headers(
+    settings: ConsumerSettings,
+) -> None:
+    raw = b"\xff\xfe not json {"
+    result = plan(settings, FakeRecord(raw, offset=3, partition=2, key=b"k", headers=[("webhook-id", b"w1")]))
+
+    (record,) = result.outgoing
+    headers = dict(record.headers)
+    assert (record.topic, record.key, record.value) == ("exam.webhooks.dlq", b"k", raw)
+    assert headers["dlq-error-type"] == b"InvalidJson"
+    assert headers["dlq-error-message"]
+    assert headers["dlq-source-topic"] == b"exam.webhooks.raw"
+    assert (headers["dlq-source-partition"], headers["dlq-source-offset"]) == (b"2", b"3")
+    assert headers["webhook-id"] == b"w1"  # the record's own headers travel with it
+    assert result.dead_lettered == {"InvalidJson": 1}
+
+
+def test_a_known_event_that_fails_validation_goes_to_the_dlq_without_personal_data_in_headers(
+    settings: ConsumerSettings,
+) -> None:
+    body = results_released()
+    del body["attempt"]["grade"]
+    raw = encode(body)
+
+    (record,) = plan(settings, FakeRecord(raw)).outgoing
+
+    headers = dict(record.headers)
+    assert (record.topic, record.value) == ("exam.webhooks.dlq", raw)
+    assert headers["dlq-error-type"] == b"ValidationError"
+    assert headers["dlq-event-name"] == b"exam.resultsReleased"
+    assert b"grade" in headers["dlq-error-message"]
+    assert body["user"]["email"].encode() not in headers["dlq-error-message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "event_name"),
+    [({"meta": {"eventName": "user.updated"}, "user": {}}, b"user.updated"), ({"user": {}}, None)],
+    ids=["unknown-event-name", "missing-event-name"],
+)
+def test_json_without_a_handler_goes_to_the_unrouted_topic_unchanged(
+    settings: ConsumerSettings, body: dict[str, Any], event_name: bytes | None
+) -> None:
+    raw = encode(body)
+
+    (record,) = plan(settings, FakeRecord(raw, offset=5, key=b"k")).outgoing
+
+    headers = dict(record.headers)
+    assert (record.topic, record.key, record.value) == ("exam.webhooks.unrouted", b"k", raw)
+    assert headers.get("unrouted-event-name") == event_name
+    assert headers["unrouted-source-offset"] == b"5"
+    assert headers["unrouted-reason"]
+
+
+def test_a_handler_that_raises_sends_its_record_to_the_dlq_instead_of_blocking_the_partition(
+    settings: ConsumerSettings, sample_body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(plan_module, "route_webhook", broken)
+
+    (record,) = plan(settings, FakeRecord(sample_body)).outgoing
+
+    assert record.topic == "exam.webhooks.dlq"
+    assert dict(record.headers)["dlq-error-type"] == b"HandlerError"
+
+
+def test_outputs_keep_input_order_and_each_partition_commits_after_its_last_record(
+    settings: ConsumerSettings,
+) -> None:
+    records = [
+        FakeRecord(encode(results_released(user_id="u1", attempt_id="a1")), offset=10, partition=0),
+        FakeRecord(encode(results_released(user_id="u1", attempt_id="a2", passed=False)), offset=11),
+        FakeRecord(b"nope", offset=4, partition=1),
+    ]
+
+    result = plan(settings, *records)
+
+    assert [r.key for r in result.outgoing] == [b"u1", b"u1", b"u1", None]
+    assert [dict(r.headers).get("ce_subject") for r in result.outgoing[:3]] == [b"a1", b"a2", b"a2"]
+    assert result.next_offsets == {("exam.webhooks.raw", 0): 12, ("exam.webhooks.raw", 1): 5}
+    assert len(result.handler_seconds) == 3
+
+
+def test_the_same_webhook_twice_gives_identical_records(
+    settings: ConsumerSettings, sample_body: bytes
+) -> None:
+    first = plan(settings, FakeRecord(sample_body, offset=1)).outgoing
+    again = plan(settings, FakeRecord(sample_body, offset=1)).outgoing
+
+    assert first == again
