@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -59,6 +61,7 @@ class ConsumerApp(AsgiFastStream):
             "access_log": "false",  # FastStream parses CLI strings
             **(run_extra_options or {}),
         }
+        _exit_zero_after_graceful_sigterm()
         await super().run(log_level, options)
 
 
@@ -188,6 +191,16 @@ def create_app(
         after_shutdown=[sender.stop],
         logger=logging.getLogger("consumer.app"),
     )
+
+
+def _exit_zero_after_graceful_sigterm() -> None:
+    """Make a SIGTERM that uvicorn has already turned into a graceful shutdown end with exit code 0.
+
+    uvicorn restores the previous handler after serving and raises the signal again; with the default
+    handler the process would die by SIGTERM (-15) although it had stopped cleanly.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
 
 
 async def _parse_batch(records: tuple[Any, ...]) -> KafkaMessage:

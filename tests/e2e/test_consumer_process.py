@@ -1,0 +1,230 @@
+"""`python -m consumer` as real processes: killed, restarted, scaled to two, stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import free_port
+from tests.support.consumer_harness import (
+    ConsumerProcess,
+    ConsumerTopics,
+    ce_ids,
+    committed_offsets,
+    expected_outputs,
+    group_members,
+    make_consumer_topics,
+    read_derived,
+    wait_until,
+)
+from tests.support.kafka_io import produce, read_records
+from tests.support.webhooks import encode, results_released
+
+RAW_PARTITIONS = 4
+
+
+def webhooks(count: int, start: int = 0) -> list[bytes]:
+    """Realistic bodies: passes, fails with and without resits, resit passes, withheld grades,
+    revoked attempts, and now and then one that is not JSON or has an unknown event name."""
+    bodies = []
+    for i in range(start, start + count):
+        if i % 97 == 13:
+            bodies.append(b"not json " + str(i).encode())
+        elif i % 89 == 7:
+            bodies.append(encode({"meta": {"eventName": "user.updated"}, "n": i}))
+        else:
+            bodies.append(
+                encode(
+                    results_released(
+                        passed=i % 3 != 0,
+                        resit_count=i % 4,
+                        revoked=i % 31 == 0,
+                        publish_grade=i % 5 != 0,
+                        user_id=f"usr_{i % 120}",
+                        attempt_id=f"att_{i}",
+                    )
+                )
+            )
+    return bodies
+
+
+def expected_ce_ids(bodies: list[bytes]) -> Counter[str]:
+    return Counter(
+        dict(r.headers)["ce_id"].decode() for r in expected_outputs(bodies) if "ce_id" in dict(r.headers)
+    )
+
+
+@pytest.fixture
+async def topics(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> ConsumerTopics:
+    return await make_consumer_topics(kafka_bootstrap, unique_name, raw_partitions=RAW_PARTITIONS)
+
+
+@pytest.fixture
+def spawn(
+    kafka_bootstrap: str, topics: ConsumerTopics, tmp_path: Path
+) -> Iterator[Callable[..., ConsumerProcess]]:
+    """Factory of consumer processes on this test's topics; every one is killed at teardown."""
+    started: list[ConsumerProcess] = []
+
+    def make(group_id: str, *, command: tuple[str, ...] | None = None, **env: str) -> ConsumerProcess:
+        port = free_port()
+        variables = {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "CONSUMER_GROUP_ID": group_id,
+            "CONSUMER_HTTP_PORT": str(port),
+            "CONSUMER_BATCH_MAX_RECORDS": "100",
+            "CONSUMER_GRACEFUL_TIMEOUT_SECONDS": "15",
+            "CONSUMER_LOG_LEVEL": "INFO",
+            **topics.env(),
+            **env,
+        }
+        log = tmp_path / f"consumer-{len(started)}.log"
+        process = (
+            ConsumerProcess(variables, log, command)
+            if command is not None
+            else ConsumerProcess(variables, log)
+        )
+        process.start()
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        process.kill()
+
+
+async def produce_slowly(bootstrap: str, topic: str, bodies: list[bytes], chunk: int = 200) -> None:
+    """Produce in chunks with pauses, so the consumer is mid-stream for a while."""
+    for start in range(0, len(bodies), chunk):
+        await produce(bootstrap, topic, bodies[start : start + chunk])
+        await asyncio.sleep(0.2)
+
+
+async def wait_committed(bootstrap: str, group_id: str, topic: str, total: int, timeout: float = 120) -> None:
+    async def done() -> bool:
+        return sum((await committed_offsets(bootstrap, group_id, topic)).values()) >= total
+
+    await wait_until(done, timeout=timeout, what=f"{total} committed inputs")
+
+
+async def test_a_consumer_killed_mid_stream_and_restarted_loses_nothing(
+    kafka_bootstrap: str,
+    topics: ConsumerTopics,
+    spawn: Callable[..., ConsumerProcess],
+    new_group_id: Callable[[], str],
+) -> None:
+    group = new_group_id()
+    bodies = webhooks(4000)
+    first = spawn(group)
+    await first.wait_ready()
+    producing = asyncio.create_task(produce_slowly(kafka_bootstrap, topics.raw, bodies))
+
+    async def some_consumed() -> bool:
+        return await first.metric("exam_events_consumer_records_consumed_total") >= 400
+
+    await wait_until(some_consumed, what="the first consumer to get going")
+    first.signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert not producing.done(), "the stream had already ended: the kill was not mid-stream"
+    await producing
+
+    second = spawn(group)
+    await second.wait_ready()
+    await wait_committed(kafka_bootstrap, group, topics.raw, len(bodies))
+
+    expected = expected_ce_ids(bodies)
+    records = await read_derived(kafka_bootstrap, topics, count=sum(expected.values()))
+    assert set(ce_ids(records)) == set(expected)  # duplicates allowed, losses not
+    dlq = await read_records(kafka_bootstrap, topics.dlq)
+    unrouted = await read_records(kafka_bootstrap, topics.unrouted)
+    assert {r.value for r in dlq} == {b for b in bodies if b.startswith(b"not json")}
+    assert {r.value for r in unrouted} == {b for b in bodies if b"user.updated" in b}
+
+
+async def test_two_consumers_in_one_group_split_the_partitions_and_emit_every_event_once(
+    kafka_bootstrap: str,
+    topics: ConsumerTopics,
+    spawn: Callable[..., ConsumerProcess],
+    new_group_id: Callable[[], str],
+) -> None:
+    group = new_group_id()
+    one, two = spawn(group), spawn(group)
+
+    async def split() -> bool:
+        a, b = await one.readiness(), await two.readiness()
+        counts = (a.get("assigned_partitions", 0), b.get("assigned_partitions", 0))
+        return min(counts) > 0 and sum(counts) == RAW_PARTITIONS
+
+    await wait_until(split, what="both consumers to hold partitions")
+    bodies = webhooks(2000)
+    await produce(kafka_bootstrap, topics.raw, bodies)
+    await wait_committed(kafka_bootstrap, group, topics.raw, len(bodies))
+
+    consumed = [await p.metric("exam_events_consumer_records_consumed_total") for p in (one, two)]
+    # Both worked, and no input was handled twice: the group did not rebalance during the run, so
+    # duplicates are not excused here (they are only expected across a rebalance).
+    assert min(consumed) > 0
+    assert sum(consumed) == len(bodies)
+    expected = expected_ce_ids(bodies)
+    records = await read_derived(kafka_bootstrap, topics, count=sum(expected.values()))
+    assert ce_ids(records) == expected  # every event exactly once
+
+
+async def test_sigterm_mid_stream_finishes_the_batch_commits_leaves_the_group_and_exits_zero(
+    kafka_bootstrap: str,
+    topics: ConsumerTopics,
+    spawn: Callable[..., ConsumerProcess],
+    new_group_id: Callable[[], str],
+) -> None:
+    group = new_group_id()
+    bodies = webhooks(3000)
+    await produce(kafka_bootstrap, topics.raw, bodies)
+    process = spawn(group, CONSUMER_BATCH_MAX_RECORDS="50")
+
+    async def some_consumed() -> bool:
+        process.assert_running()
+        return await process.metric("exam_events_consumer_records_consumed_total") >= 300
+
+    await wait_until(some_consumed, what="the consumer to get going")
+    process.signal(signal.SIGTERM)
+    returncode = await asyncio.to_thread(process.wait, 30)
+
+    assert returncode == 0, process.log_tail()
+    # It left the group on the way out (a killed member would linger until its session timed out).
+    assert await group_members(kafka_bootstrap, group) == 0
+    committed = await committed_offsets(kafka_bootstrap, group, topics.raw)
+    assert sum(committed.values()) >= 300
+    assert "batch handling crashed" not in process.log_path.read_text()
+    # Every committed input has its events on the derived topics.
+    raw = await read_records(kafka_bootstrap, topics.raw, count=len(bodies))
+    handled = [r.value or b"" for r in raw if r.offset < committed.get(r.partition, 0)]
+    expected = expected_ce_ids(handled)
+    records = await read_derived(kafka_bootstrap, topics, count=sum(expected.values()))
+    assert set(expected) <= set(ce_ids(records))
+
+
+async def test_the_faststream_cli_runs_the_same_app_on_the_configured_port(
+    kafka_bootstrap: str,
+    topics: ConsumerTopics,
+    spawn: Callable[..., ConsumerProcess],
+    new_group_id: Callable[[], str],
+    sample_body: bytes,
+) -> None:
+    # The CLI needs the `faststream[cli]` extra (typer); without it there is nothing to run.
+    pytest.importorskip("typer", reason="faststream[cli] is not installed")
+    faststream = str(Path(sys.executable).with_name("faststream"))
+    group = new_group_id()
+    await produce(kafka_bootstrap, topics.raw, [sample_body])
+    process = spawn(group, command=(faststream, "run", "consumer.app:create_app", "--factory"))
+
+    await process.wait_ready()
+    await wait_committed(kafka_bootstrap, group, topics.raw, 1)
+    process.signal(signal.SIGTERM)
+
+    assert await asyncio.to_thread(process.wait, 30) == 0, process.log_tail()
