@@ -181,7 +181,7 @@ class WebhookEndpoint:
             log.info("webhook_client_disconnected", size=context["size"])
             return
         await respond(send, answer.status, _json(answer.body), JSON_TYPE, answer.headers)
-        self._metrics.requests.labels(str(answer.status)).inc()
+        self._metrics.count_request(answer.status)
         log.info(
             "webhook",
             status=answer.status,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -17,6 +18,7 @@ class IngressMetrics:
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
 
     def __post_init__(self) -> None:
+        self._by_status: dict[int, Any] = {}
         self.requests = Counter(
             "ingress_requests",
             "Webhook requests answered, by HTTP status.",
@@ -35,6 +37,14 @@ class IngressMetrics:
         self.produced_bytes = Counter(
             "ingress_produced_bytes", "Body bytes acknowledged by Kafka.", registry=self.registry
         )
+
+    def count_request(self, status: int) -> None:
+        """Count one answered request."""
+        child = self._by_status.get(status)
+        if child is None:
+            # Looking up a labelled child costs a lock and a tuple per call: keep one per status.
+            child = self._by_status[status] = self.requests.labels(str(status))
+        child.inc()
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""

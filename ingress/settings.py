@@ -42,7 +42,10 @@ class IngressSettings(BaseSettings):
     )
     retry_after_seconds: int = Field(10, ge=0, description="`Retry-After` sent with a 503.")
     linger_ms: int = Field(
-        1, ge=0, description="How long the producer waits to batch records of concurrent requests."
+        0,
+        ge=0,
+        description="Extra wait before sending a batch. 0 is best measured: records of concurrent "
+        "requests batch up anyway while the previous produce request is in flight.",
     )
     log_level: LogLevel = Field("INFO", description="Log level of the process.")
     kafka: KafkaConnectionSettings = Field(

@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""Benchmark the webhook ingress: requests/s, p50 and p99 at concurrency 1 and 64.
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python bench/ingress.py
+
+Starts two servers on loopback, each exactly as `python -m ingress` runs (uvloop, httptools, one
+log line per request): the real one producing to a fresh topic on the broker, and the same app with
+the Kafka produce replaced by a no-op. Drives both with realistic bodies (the recorded Exam
+Results Released webhook, a different user per request) over keep-alive connections, checks that
+the records on the topic equal the 2xx answers, and prints the figures and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BODY = (ROOT / "tests" / "data" / "exam-results-released.json").read_bytes()
+USERNAME, PASSWORD = "bench", "bench-password"
+VARIANTS = 256  # distinct bodies, so keys spread over partitions as real users do
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def requests_bytes() -> list[bytes]:
+    """Complete HTTP/1.1 requests, built once: the client should cost as little CPU as possible."""
+    token = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+    built = []
+    for n in range(VARIANTS):
+        body = BODY.replace(b"usr_8f2c1a7e", f"usr_{n:08x}".encode())
+        head = (
+            "POST /webhooks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Authorization: Basic {token}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        built.append(head.encode() + body)
+    return built
+
+
+@dataclass
+class Result:
+    """One measured run."""
+
+    label: str
+    concurrency: int
+    requests: int
+    seconds: float
+    latencies: list[float]
+    statuses: dict[int, int]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+    def line(self) -> str:
+        return (
+            f"{self.label:<6} c={self.concurrency:<3} n={self.requests:<6} {self.rps:8.0f} req/s  "
+            f"p50 {self.percentile(50):6.2f} ms  p99 {self.percentile(99):6.2f} ms  "
+            f"mean {statistics.fmean(self.latencies) * 1000:6.2f} ms  statuses {dict(sorted(self.statuses.items()))}"
+        )
+
+
+async def drive(port: int, label: str, concurrency: int, total: int, payloads: list[bytes]) -> Result:
+    """Send `total` requests over `concurrency` keep-alive connections, printing progress."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while next_index < total:
+                payload = payloads[next_index % len(payloads)]
+                next_index += 1
+                started = time.perf_counter()
+                writer.write(payload)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+                latencies.append(time.perf_counter() - started)
+                status = int(head[9:12])
+                statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(1)
+            print(f"  {label} c={concurrency}: {len(latencies)}/{total}", flush=True)
+
+    reporter = asyncio.create_task(progress())
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    reporter.cancel()
+    return Result(label, concurrency, len(latencies), seconds, latencies, statuses)
+
+
+def start_server(kind: str, port: int, topic: str, bootstrap: str, log_dir: Path) -> subprocess.Popen[bytes]:
+    """`python -m ingress` for kind "kafka"; this script's no-op server for kind "noop"."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGRESS_")}
+    env.update(
+        INGRESS_HOST="127.0.0.1",
+        INGRESS_PORT=str(port),
+        INGRESS_RAW_TOPIC=topic,
+        INGRESS_BASIC_AUTH_USERNAME=USERNAME,
+        INGRESS_BASIC_AUTH_PASSWORD=PASSWORD,
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+    )
+    command = (
+        [sys.executable, "-m", "ingress"] if kind == "kafka" else [sys.executable, __file__, "--serve-noop"]
+    )
+    log = (log_dir / f"{kind}.log").open("wb")
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+    for _ in range(600):
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+            if head.startswith(b"HTTP/1.1 200"):
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit("server not ready after 60 s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=60)
+
+
+async def records_on(bootstrap: str, topic: str, partitions: int) -> int:
+    """How many records the topic holds (the sum of end offsets: the topic is fresh)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        # aiokafka raises CancelledError from stop() when its background task never got to run.
+        await asyncio.sleep(0.5)
+        return int(sum(ends.values()))
+    finally:
+        await consumer.stop()
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def measure(kind: str, args: argparse.Namespace, topic: str, log_dir: Path) -> list[Result]:
+    port = free_port()
+    process = start_server(kind, port, topic, args.bootstrap, log_dir)
+    results = []
+    try:
+        await wait_ready(port, process)
+        payloads = requests_bytes()
+        print(f"{kind}: warming up", flush=True)
+        warmup = await drive(port, kind, 8, args.warmup, payloads)
+        results.append(warmup)
+        for concurrency, total in ((1, args.requests_c1), (64, args.requests_c64)):
+            result = await drive(port, kind, concurrency, total, payloads)
+            print(result.line(), flush=True)
+            results.append(result)
+    finally:
+        code = stop(process)
+        print(f"{kind}: server exited with {code}", flush=True)
+    return results
+
+
+async def main(args: argparse.Namespace) -> int:
+    topic = f"bench.ingress.{uuid.uuid4().hex[:8]}"
+    await create_topic(args.bootstrap, topic, args.partitions)
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-ingress-"))
+    print(
+        f"topic {topic} ({args.partitions} partitions) on {args.bootstrap}; server logs in {log_dir}",
+        flush=True,
+    )
+    kafka = await measure("kafka", args, topic, log_dir)
+    noop = await measure("noop", args, topic + ".unused", log_dir)
+
+    accepted = sum(r.statuses.get(202, 0) for r in kafka)
+    stored = await records_on(args.bootstrap, topic, args.partitions)
+    k1, k64, n1, n64 = kafka[1], kafka[2], noop[1], noop[2]
+    print("\n== results (warm-up excluded)")
+    for result in (k1, k64, n1, n64):
+        print(result.line())
+    print(f"\nkafka c=64 / c=1 requests/s:   {k64.rps / k1.rps:6.1f}x   (target >= 15x)")
+    print(f"kafka c=64 p99:                {k64.percentile(99):6.2f} ms (target < 50 ms)")
+    print(f"kafka / no-op requests/s, c=1: {k1.rps / n1.rps:6.2f}")
+    print(f"kafka / no-op requests/s, c=64:{k64.rps / n64.rps:6.2f}")
+    print(f"noop c=64 / c=1 requests/s:    {n64.rps / n1.rps:6.1f}x")
+    print(f"2xx answers (incl. warm-up): {accepted}; records on {topic}: {stored}")
+    if accepted != stored:
+        print("MISMATCH: records on the topic differ from the 2xx answers", flush=True)
+        return 1
+    print("records on the topic == 2xx answers: OK")
+    return 0
+
+
+def serve_noop() -> None:
+    """The same app and server as `python -m ingress`, with a producer that stores nothing."""
+    import uvloop
+
+    from common.logging import configure_logging
+    from ingress.app import create_app
+    from ingress.bootstrap import run_server
+    from ingress.producer import NoopProducer
+    from ingress.settings import IngressSettings
+
+    settings = IngressSettings()
+    configure_logging("ingress-noop", settings.log_level)
+
+    async def serve() -> None:
+        await run_server(create_app(settings, producer=NoopProducer()), settings)
+
+    uvloop.run(serve())
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("--requests-c1", type=int, default=1000, help="requests at concurrency 1")
+    parser.add_argument("--requests-c64", type=int, default=10000, help="requests at concurrency 64")
+    parser.add_argument("--warmup", type=int, default=500, help="unmeasured requests first")
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    if arguments.serve_noop:
+        serve_noop()
+    else:
+        import uvloop
+
+        sys.exit(uvloop.run(main(arguments)))
