@@ -55,6 +55,12 @@ def requests_bytes() -> list[bytes]:
     return built
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Result:
     """One measured run."""
@@ -65,6 +71,8 @@ class Result:
     seconds: float
     latencies: list[float]
     statuses: dict[int, int]
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -78,11 +86,16 @@ class Result:
         return (
             f"{self.label:<6} c={self.concurrency:<3} n={self.requests:<6} {self.rps:8.0f} req/s  "
             f"p50 {self.percentile(50):6.2f} ms  p99 {self.percentile(99):6.2f} ms  "
-            f"mean {statistics.fmean(self.latencies) * 1000:6.2f} ms  statuses {dict(sorted(self.statuses.items()))}"
+            f"mean {statistics.fmean(self.latencies) * 1000:6.2f} ms  "
+            f"CPU/request: server {self.server_cpu / self.requests * 1e6:4.0f} us, "
+            f"client {self.client_cpu / self.requests * 1e6:4.0f} us  "
+            f"statuses {dict(sorted(self.statuses.items()))}"
         )
 
 
-async def drive(port: int, label: str, concurrency: int, total: int, payloads: list[bytes]) -> Result:
+async def drive(
+    port: int, label: str, concurrency: int, total: int, payloads: list[bytes], server_pid: int
+) -> Result:
     """Send `total` requests over `concurrency` keep-alive connections, printing progress."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -115,14 +128,18 @@ async def drive(port: int, label: str, concurrency: int, total: int, payloads: l
             print(f"  {label} c={concurrency}: {len(latencies)}/{total}", flush=True)
 
     reporter = asyncio.create_task(progress())
+    server_cpu, client_cpu = cpu_seconds(server_pid), cpu_seconds(os.getpid())
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = time.perf_counter() - started
+    server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, cpu_seconds(os.getpid()) - client_cpu
     reporter.cancel()
-    return Result(label, concurrency, len(latencies), seconds, latencies, statuses)
+    return Result(label, concurrency, len(latencies), seconds, latencies, statuses, server_cpu, client_cpu)
 
 
-def start_server(kind: str, port: int, topic: str, bootstrap: str, log_dir: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    kind: str, port: int, topic: str, bootstrap: str, log_dir: Path, linger_ms: int | None
+) -> subprocess.Popen[bytes]:
     """`python -m ingress` for kind "kafka"; this script's no-op server for kind "noop"."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGRESS_")}
     env.update(
@@ -133,6 +150,8 @@ def start_server(kind: str, port: int, topic: str, bootstrap: str, log_dir: Path
         INGRESS_BASIC_AUTH_PASSWORD=PASSWORD,
         KAFKA_BOOTSTRAP_SERVERS=bootstrap,
     )
+    if linger_ms is not None:
+        env["INGRESS_LINGER_MS"] = str(linger_ms)
     command = (
         [sys.executable, "-m", "ingress"] if kind == "kafka" else [sys.executable, __file__, "--serve-noop"]
     )
@@ -192,16 +211,16 @@ async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 async def measure(kind: str, args: argparse.Namespace, topic: str, log_dir: Path) -> list[Result]:
     port = free_port()
-    process = start_server(kind, port, topic, args.bootstrap, log_dir)
+    process = start_server(kind, port, topic, args.bootstrap, log_dir, args.linger_ms)
     results = []
     try:
         await wait_ready(port, process)
         payloads = requests_bytes()
         print(f"{kind}: warming up", flush=True)
-        warmup = await drive(port, kind, 8, args.warmup, payloads)
+        warmup = await drive(port, kind, 8, args.warmup, payloads, process.pid)
         results.append(warmup)
         for concurrency, total in ((1, args.requests_c1), (64, args.requests_c64)):
-            result = await drive(port, kind, concurrency, total, payloads)
+            result = await drive(port, kind, concurrency, total, payloads, process.pid)
             print(result.line(), flush=True)
             results.append(result)
     finally:
@@ -268,6 +287,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests-c64", type=int, default=10000, help="requests at concurrency 64")
     parser.add_argument("--warmup", type=int, default=500, help="unmeasured requests first")
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument(
+        "--linger-ms", type=int, default=None, help="INGRESS_LINGER_MS (default: the ingress's)"
+    )
     parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
