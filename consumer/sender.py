@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 
 from consumer.plan import OutgoingRecord
 from consumer.settings import ConsumerSettings
 
 
 class RecordSender(Protocol):
-    """Something that hands a record to Kafka and returns the future of its acknowledgement."""
+    """Something that hands records to Kafka and returns the futures of their acknowledgements."""
 
-    async def send(self, record: OutgoingRecord) -> asyncio.Future[Any]: ...
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> list[asyncio.Future[Any]]:
+        """Queue every record, in order; each future resolves when Kafka acknowledged its records."""
+        ...
 
 
 class ManagedSender(RecordSender, Protocol):
@@ -34,13 +38,16 @@ class KafkaSender:
     """An idempotent aiokafka producer with acks=all, started and stopped with the app.
 
     A producer of our own rather than FastStream's publishers: the derived events' CloudEvents headers
-    go out byte for byte as `DerivedEvent.kafka_headers()` builds them (no extra correlation id), and a
-    send costs about a quarter less CPU.
+    go out byte for byte as `DerivedEvent.kafka_headers()` builds them (no extra correlation id), and
+    records are appended to one record batch per partition (`send_batch`) instead of one `send()`
+    each, which costs several times less CPU per record. Partitions are chosen exactly as aiokafka's
+    default partitioner does (murmur2 of the key), so one learner's events share a partition.
     """
 
     def __init__(self, settings: ConsumerSettings) -> None:
         self._settings = settings
         self._producer: Any = None
+        self._key_hashes: dict[bytes, int] = {}
 
     async def start(self) -> None:
         """Connect the producer."""
@@ -62,14 +69,45 @@ class KafkaSender:
             producer, self._producer = self._producer, None
             await producer.stop()
 
-    async def send(self, record: OutgoingRecord) -> asyncio.Future[Any]:
-        """Queue the record; the returned future resolves when Kafka has acknowledged it."""
-        if self._producer is None:
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> list[asyncio.Future[Any]]:
+        """Queue the records as one record batch per partition (more when a batch fills up), in order."""
+        producer = self._producer
+        if producer is None:
             raise PublishError("the producer is not started")
-        future: asyncio.Future[Any] = await self._producer.send(
-            record.topic, record.value, key=record.key, headers=list(record.headers)
-        )
-        return future
+        partitions: dict[str, list[int]] = {}
+        by_partition: dict[tuple[str, int], list[OutgoingRecord]] = {}
+        for record in records:
+            available = partitions.get(record.topic)
+            if available is None:
+                available = partitions[record.topic] = sorted(await producer.partitions_for(record.topic))
+            by_partition.setdefault((record.topic, self._partition(record.key, available)), []).append(record)
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for (topic, partition), queued in by_partition.items():
+                batch = producer.create_batch()
+                for record in queued:
+                    if not _append(batch, record):
+                        futures.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = producer.create_batch()
+                        if not _append(batch, record):
+                            raise PublishError(f"a record for {topic} is larger than a whole batch")
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+        except Exception:
+            # Collect what was already queued, so no future's error goes unretrieved.
+            await asyncio.gather(*futures, return_exceptions=True)
+            raise
+        return futures
+
+    def _partition(self, key: bytes | None, available: list[int]) -> int:
+        """aiokafka's (and Java's) default partitioner: murmur2 of the key; random without a key."""
+        if key is None:
+            return random.choice(available)
+        hashed = self._key_hashes.get(key)
+        if hashed is None:
+            if len(self._key_hashes) > 100_000:  # bounded: learners are many, memory is not
+                self._key_hashes.clear()
+            hashed = self._key_hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return available[hashed % len(available)]
 
     async def ping(self, timeout: float) -> bool:
         """True when a broker of the cluster answers a metadata request within `timeout` seconds."""
@@ -83,23 +121,25 @@ class KafkaSender:
         return True
 
 
+def _append(batch: Any, record: OutgoingRecord) -> bool:
+    """Add the record to the batch; False when the batch is full."""
+    appended = batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers))
+    return appended is not None
+
+
 async def publish_all(sender: RecordSender, records: Sequence[OutgoingRecord]) -> None:
     """Send every record without awaiting each one, then wait for all acknowledgements.
 
     Records are handed to the producer in order, so one key's records keep their order in its
     partition. Raises PublishError when any record was not acknowledged.
     """
-    futures: list[asyncio.Future[Any]] = []
     try:
-        for record in records:
-            futures.append(await sender.send(record))
+        futures = await sender.send_many(records)
     except Exception as exc:
-        # Collect what was already queued, so no future's error goes unretrieved.
-        await asyncio.gather(*futures, return_exceptions=True)
-        raise PublishError(f"queueing record {len(futures) + 1} of {len(records)} failed: {exc!r}") from exc
+        raise PublishError(f"queueing {len(records)} records failed: {exc!r}") from exc
     results = await asyncio.gather(*futures, return_exceptions=True)
     errors = [result for result in results if isinstance(result, BaseException)]
     if errors:
         raise PublishError(
-            f"{len(errors)} of {len(records)} records not acknowledged: {errors[0]!r}"
+            f"{len(errors)} of {len(futures)} record batches not acknowledged: {errors[0]!r}"
         ) from errors[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -137,7 +137,8 @@ async def test_invalid_bodies_go_to_the_dlq_byte_for_byte_and_unroutable_ones_to
 
 
 class FlakySender(KafkaSender):
-    """The real producer, except that its first `failures` sends fail as a broker timeout would.
+    """The real producer, except that in its first `failures` attempts half the records really go
+    out and the acknowledgement of the other half fails, as a broker timeout would.
 
     At each failure it records the group's committed offsets, read from the broker.
     """
@@ -148,18 +149,19 @@ class FlakySender(KafkaSender):
         self.settings = settings
         self.committed_during_failures: list[dict[int, int]] = []
 
-    async def send(self, record: OutgoingRecord) -> asyncio.Future[Any]:
-        if self.failures > 0:
-            self.failures -= 1
-            self.committed_during_failures.append(
-                await committed_offsets(
-                    self.settings.kafka.bootstrap_servers, self.settings.group_id, self.settings.raw_topic
-                )
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> list[asyncio.Future[Any]]:
+        if self.failures <= 0:
+            return await super().send_many(records)
+        self.failures -= 1
+        self.committed_during_failures.append(
+            await committed_offsets(
+                self.settings.kafka.bootstrap_servers, self.settings.group_id, self.settings.raw_topic
             )
-            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            failed.set_exception(KafkaTimeoutError("injected: broker did not acknowledge"))
-            return failed
-        return await super().send(record)
+        )
+        sent = await super().send_many(records[: len(records) // 2])
+        failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failed.set_exception(KafkaTimeoutError("injected: broker did not acknowledge"))
+        return [*sent, failed]
 
 
 async def test_a_publish_failure_is_retried_and_nothing_is_committed_until_the_outputs_are_acknowledged(
@@ -169,7 +171,7 @@ async def test_a_publish_failure_is_retried_and_nothing_is_committed_until_the_o
 ) -> None:
     bodies = varied_webhooks()
     await produce(kafka_bootstrap, topics.raw, bodies, partition=0)
-    sender = FlakySender(settings, failures=12)
+    sender = FlakySender(settings, failures=3)
     expected = Counter(dict(r.headers)["ce_id"].decode() for r in expected_outputs(bodies))
 
     async with running(create_app(settings, sender=sender)) as app:

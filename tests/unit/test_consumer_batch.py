@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -20,7 +20,8 @@ from tests.unit.test_consumer_plan import FakeRecord
 
 
 class ScriptedSender:
-    """Acknowledges sends, except that the first `failures` sends fail the way a broker outage does."""
+    """Acknowledges records, except that the first `failures` attempts fail as a broker outage does:
+    their acknowledgements fail, or (`raise_on_send`) queueing itself raises."""
 
     def __init__(self, failures: int = 0, *, raise_on_send: bool = False) -> None:
         self.failures = failures
@@ -28,18 +29,22 @@ class ScriptedSender:
         self.attempts: list[OutgoingRecord] = []
         self.acknowledged: list[OutgoingRecord] = []
 
-    async def send(self, record: OutgoingRecord) -> asyncio.Future[Any]:
-        self.attempts.append(record)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self.failures > 0:
-            self.failures -= 1
-            if self.raise_on_send:
-                raise KafkaTimeoutError("no metadata")
-            future.set_exception(KafkaTimeoutError("request timed out"))
-        else:
-            self.acknowledged.append(record)
-            future.set_result(None)
-        return future
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> list[asyncio.Future[Any]]:
+        self.attempts.extend(records)
+        futures: list[asyncio.Future[Any]] = []
+        failing = self.failures > 0
+        self.failures -= failing
+        if failing and self.raise_on_send:
+            raise KafkaTimeoutError("no metadata")
+        for record in records:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            if failing:
+                future.set_exception(KafkaTimeoutError("request timed out"))
+            else:
+                self.acknowledged.append(record)
+                future.set_result(None)
+            futures.append(future)
+        return futures
 
 
 class RecordingCommit:
@@ -118,7 +123,7 @@ async def test_a_batch_is_committed_once_after_every_output_is_acknowledged(metr
 async def test_a_broker_error_republishes_the_whole_batch_with_backoff_and_commits_only_after(
     metrics: ConsumerMetrics, raise_on_send: bool
 ) -> None:
-    sender, sleeps = ScriptedSender(failures=12, raise_on_send=raise_on_send), []
+    sender, sleeps = ScriptedSender(failures=3, raise_on_send=raise_on_send), []
     commit = RecordingCommit(sender)
 
     await processor(sender, commit, metrics, sleeps).process(batch())
@@ -163,12 +168,25 @@ async def test_cancellation_during_retries_leaves_the_batch_uncommitted(metrics:
     assert commit.calls == []
 
 
-async def test_publish_all_reports_every_unacknowledged_record() -> None:
-    sender = ScriptedSender(failures=2)
+class HalfAcknowledging:
+    """Acknowledges every other record batch."""
+
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> list[asyncio.Future[Any]]:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in records]
+        for n, future in enumerate(futures):
+            if n % 2:
+                future.set_result(None)
+            else:
+                future.set_exception(KafkaTimeoutError("request timed out"))
+        return futures
+
+
+async def test_publish_all_fails_when_any_record_batch_is_not_acknowledged() -> None:
     records = [OutgoingRecord("t", None, b"v", ()) for _ in range(3)]
 
     with pytest.raises(PublishError, match="2 of 3"):
-        await publish_all(sender, records)
+        await publish_all(HalfAcknowledging(), records)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Benchmark the results consumer against a raw aiokafka pass-through on the same broker, same input.
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python bench/pipeline.py -n 20000 --rounds 3
+
+Puts N realistic Exam Results Released webhooks (passes, fails with and without resits, resit
+passes, withheld grades, revoked attempts) on a fresh raw topic, then per round:
+- baseline: in this process, aiokafka `getmany(max_records=500)`, produce every record to another
+  topic with acks=all (idempotent), await the acks, commit; CPU is this process's CPU time;
+- consumer: `python -m consumer` as a subprocess in a fresh group; CPU is the subprocess's utime +
+  stime from /proc, measured from when its HTTP port answers (start-up excluded) until the broker
+  shows the whole topic committed; records consumed before that first reading are left out.
+Prints input events/s and CPU seconds per input event of both, the ratio, and checks the consumer
+wrote exactly the records its rules require.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.broker import free_port  # noqa: E402
+from tests.support.consumer_harness import expected_outputs  # noqa: E402
+from tests.support.kafka_io import create_topics  # noqa: E402
+from tests.support.webhooks import encode, results_released  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+OUTPUTS = ("passed", "failed", "resits", "dlq", "unrouted")
+
+
+@dataclass
+class Figures:
+    """One run's throughput and CPU cost, per input event."""
+
+    name: str
+    events: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def cpu_per_event(self) -> float:
+        return self.cpu_seconds / self.events
+
+    def line(self) -> str:
+        return (
+            f"{self.name:<10} {self.events:>7} events in {self.seconds:6.2f} s = {self.rate:8.0f} events/s, "
+            f"{self.cpu_per_event * 1e6:6.0f} us CPU/event"
+        )
+
+
+def webhooks(count: int) -> list[bytes]:
+    """Realistic bodies with the mix a real portal might send (about 1.7 derived events each)."""
+    return [
+        encode(
+            results_released(
+                passed=i % 3 != 0,
+                resit_count=i % 4,
+                revoked=i % 50 == 0,
+                publish_grade=i % 7 != 0,
+                user_id=f"usr_{i % 5000:06d}",
+                attempt_id=f"att_{i:08d}",
+                released_at=f"2026-06-14T09:{i % 60:02d}:00.000Z",
+            )
+        )
+        for i in range(count)
+    ]
+
+
+async def fill(bootstrap: str, topic: str, bodies: list[bytes]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+    )
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, body) for body in bodies]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def committed_total(bootstrap: str, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
+
+
+async def end_offsets_total(bootstrap: str, topics: list[str]) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        consumer.assign(tps)
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
+
+
+async def baseline(bootstrap: str, raw: str, out: str, total: int) -> Figures:
+    """Consume, produce the same records with acks=all, await the acks, commit: per batch of 500."""
+    consumer = AIOKafkaConsumer(
+        raw,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-baseline-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+    )
+    await consumer.start()
+    await producer.start()
+    try:
+        done, started, cpu_started = 0, 0.0, 0.0
+        while done < total:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=500)
+            if not batch:
+                continue
+            if not started:
+                started, cpu_started = time.perf_counter(), time.process_time()
+            futures = [
+                await producer.send(out, r.value, key=r.key, headers=list(r.headers))
+                for records in batch.values()
+                for r in records
+            ]
+            await asyncio.gather(*futures)
+            await consumer.commit()
+            done += len(futures)
+        return Figures("baseline", total, time.perf_counter() - started, time.process_time() - cpu_started)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+async def consumed_so_far(client: httpx.AsyncClient, port: int) -> int | None:
+    try:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics")
+    except httpx.HTTPError:
+        return None
+    for line in response.text.splitlines():
+        if line.startswith("exam_events_consumer_records_consumed_total "):
+            return int(float(line.split()[1]))
+    return None
+
+
+async def consumer_run(bootstrap: str, topics: dict[str, str], total: int, log: Path) -> Figures:
+    """`python -m consumer` in a fresh group, timed from its first HTTP answer to the final commit."""
+    group = f"bench-consumer-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CONSUMER_GROUP_ID": group,
+        "CONSUMER_HTTP_PORT": str(port),
+        "CONSUMER_LOG_LEVEL": "INFO",
+        **{f"CONSUMER_{name.upper()}_TOPIC": topic for name, topic in topics.items()},
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "consumer"], cwd=ROOT, env=env, stdout=out, stderr=out)  # noqa: ASYNC220
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while (first := await consumed_so_far(client, port)) is None:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"consumer exited early; see {log}")
+                await asyncio.sleep(0.02)
+            started, cpu_started = time.perf_counter(), process_cpu_seconds(proc.pid)
+            last_report = started
+            while (committed := await committed_total(bootstrap, group)) < total:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"consumer exited early; see {log}")
+                if time.perf_counter() - last_report >= 1.0:
+                    last_report = time.perf_counter()
+                    print(f"  consumer: {committed}/{total} committed", flush=True)
+                await asyncio.sleep(0.05)
+            seconds, cpu = time.perf_counter() - started, process_cpu_seconds(proc.pid) - cpu_started
+        return Figures("consumer", total - first, seconds, cpu)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-n", "--events", type=int, default=20_000, help="webhooks on the raw topic")
+    parser.add_argument("--partitions", type=int, default=3, help="partitions of every topic")
+    parser.add_argument("--rounds", type=int, default=3, help="baseline/consumer pairs; medians are reported")
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), help="broker"
+    )
+    args = parser.parse_args()
+    bootstrap, total = args.bootstrap, args.events
+
+    suffix = uuid.uuid4().hex[:8]
+    raw = f"bench.raw.{suffix}"
+    print(f"creating topics on {bootstrap} ({args.partitions} partitions each)", flush=True)
+    await create_topics(bootstrap, [raw], args.partitions)
+    bodies = webhooks(total)
+    print(
+        f"producing {total} webhooks ({sum(map(len, bodies)) / total:.0f} bytes on average) to {raw}",
+        flush=True,
+    )
+    await fill(bootstrap, raw, bodies)
+    expected = expected_outputs(bodies)
+    print(
+        f"the rules turn them into {len(expected)} records ({len(expected) / total:.2f} per webhook)",
+        flush=True,
+    )
+
+    pairs: list[tuple[Figures, Figures]] = []
+    for round_number in range(1, args.rounds + 1):
+        outputs = {name: f"bench.{name}.{suffix}.{round_number}" for name in OUTPUTS}
+        passthrough = f"bench.passthrough.{suffix}.{round_number}"
+        await create_topics(bootstrap, [*outputs.values(), passthrough], args.partitions)
+        print(f"round {round_number}: baseline (aiokafka pass-through)", flush=True)
+        base = await baseline(bootstrap, raw, passthrough, total)
+        print("  " + base.line(), flush=True)
+        print(f"round {round_number}: consumer (python -m consumer)", flush=True)
+        log = Path(f"/tmp/bench-consumer-{suffix}-{round_number}.log")
+        ours = await consumer_run(bootstrap, {"raw": raw, **outputs}, total, log)
+        print("  " + ours.line(), flush=True)
+        written = await end_offsets_total(bootstrap, list(outputs.values()))
+        if written != len(expected):
+            raise SystemExit(f"consumer wrote {written} records, the rules require {len(expected)}")
+        print(f"  checked: {written} records on the output topics, as the rules require", flush=True)
+        pairs.append((base, ours))
+
+    base_rate = statistics.median(b.rate for b, _ in pairs)
+    ours_rate = statistics.median(o.rate for _, o in pairs)
+    base_cpu = statistics.median(b.cpu_per_event for b, _ in pairs)
+    ours_cpu = statistics.median(o.cpu_per_event for _, o in pairs)
+    print()
+    print(f"medians over {len(pairs)} round(s), {total} webhooks, {args.partitions} partitions:")
+    print(f"  baseline: {base_rate:8.0f} events/s  {base_cpu * 1e6:6.0f} us CPU/event")
+    print(f"  consumer: {ours_rate:8.0f} events/s  {ours_cpu * 1e6:6.0f} us CPU/event")
+    print(f"  ratio (consumer / baseline events/s): {ours_rate / base_rate:.2f}   (target >= 0.5)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
