@@ -79,3 +79,13 @@ def test_an_invalid_port_is_refused(monkeypatch: pytest.MonkeyPatch, port: str) 
 
     with pytest.raises(ValidationError):
         ConsumerSettings()
+
+
+def test_every_consumer_setting_is_documented_in_docs_consumer_md() -> None:
+    from pathlib import Path
+
+    documented = (Path(__file__).resolve().parents[2] / "docs" / "consumer.md").read_text()
+
+    for name in ConsumerSettings.model_fields:
+        if name not in {"kafka", "rules"}:
+            assert f"`CONSUMER_{name.upper()}`" in documented, f"CONSUMER_{name.upper()} is not documented"
