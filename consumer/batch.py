@@ -177,6 +177,11 @@ async def commit_assigned(consumer: Any, offsets: Offsets) -> None:
         for (topic, partition), offset in offsets.items()
         if (tp := TopicPartition(topic, partition)) in assigned
     }
+    if len(owned) < len(offsets):
+        log.warning(
+            "partitions were revoked while their batch was in flight; their new owner re-reads them",
+            revoked=sorted(f"{t}/{p}" for (t, p) in offsets if TopicPartition(t, p) not in owned),
+        )
     if owned:
         await consumer.commit(owned)
 
