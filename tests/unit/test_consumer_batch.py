@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
+import structlog
 from aiokafka.errors import CommitFailedError, KafkaTimeoutError
+from structlog.testing import LogCapture
 
+from consumer import batch as batch_module
 from consumer.batch import BatchProcessor, backoff_delay
 from consumer.metrics import ConsumerMetrics
 from consumer.plan import OutgoingRecord
@@ -194,3 +198,36 @@ async def test_publish_all_fails_when_any_record_batch_is_not_acknowledged() -> 
 )
 def test_backoff_doubles_from_the_initial_delay_up_to_the_maximum(attempt: int, expected: float) -> None:
     assert backoff_delay(attempt, 0.5, 30.0) == expected
+
+
+async def test_logs_name_offsets_and_ce_ids_but_never_the_body_or_personal_data(
+    metrics: ConsumerMetrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A logger of our own at DEBUG: the module's logger may already be cached at another level.
+    capture = LogCapture()
+    debug = structlog.wrap_logger(
+        None, processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)
+    )
+    monkeypatch.setattr(batch_module, "log", debug)
+    invalid = results_released(user_id="u9")
+    del invalid["attempt"]["grade"]
+    records = [*batch(), FakeRecord(encode(invalid), offset=5)]
+    personal = {results_released()["user"]["email"], results_released()["user"]["name"]}
+    sender, sleeps = ScriptedSender(failures=1), []
+
+    await processor(sender, RecordingCommit(sender), metrics, sleeps).process(records)
+    logs = capture.entries
+
+    text = repr(logs)
+    assert not any(value in text for value in personal)
+    assert not any((r.value or b"").decode(errors="replace")[:200] in text for r in records)
+    emitted = [entry for entry in logs if entry["event"] == "events emitted"]
+    assert emitted
+    assert all(entry["ce_ids"] and "offset" in entry and "partition" in entry for entry in emitted)
+    assert {entry["event"] for entry in logs} >= {
+        "publish failed; batch not committed, retrying",
+        "invalid webhook; sent to dead-letter topic",
+        "no handler; sent to unrouted topic",
+        "attempt revoked; no events",
+        "batch committed",
+    }
