@@ -187,3 +187,41 @@ async def test_a_publish_failure_is_retried_and_nothing_is_committed_until_the_o
     assert all(committed == {} for committed in sender.committed_during_failures)
     assert (retries or 0) >= 1
     assert set(ce_ids(records)) == set(expected)  # every event made it, re-sent until acknowledged
+
+
+async def test_a_crash_outside_the_per_record_guard_rewinds_the_batch_instead_of_skipping_it(
+    kafka_bootstrap: str,
+    topics: ConsumerTopics,
+    settings: ConsumerSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from consumer import app as app_module
+
+    bodies = varied_webhooks()
+    await produce(kafka_bootstrap, topics.raw, bodies, partition=0)
+    real_commit = app_module.commit_assigned
+    crashes = 0
+
+    async def commit_that_crashes_once(consumer: Any, offsets: Any) -> None:
+        nonlocal crashes
+        if crashes == 0:
+            crashes += 1
+            raise RuntimeError("injected bug after publishing")
+        await real_commit(consumer, offsets)
+
+    monkeypatch.setattr(app_module, "commit_assigned", commit_that_crashes_once)
+    expected = Counter(dict(r.headers)["ce_id"].decode() for r in expected_outputs(bodies))
+
+    async with running(create_app(settings)) as app:
+
+        async def committed_to_the_end() -> bool:
+            return await committed_offsets(kafka_bootstrap, settings.group_id, topics.raw) == {0: len(bodies)}
+
+        await wait_until(committed_to_the_end, what="the batch to be read again and committed")
+        failures = app.metrics.registry.get_sample_value("exam_events_consumer_batch_failures_total")
+        consumed = app.metrics.registry.get_sample_value("exam_events_consumer_records_consumed_total")
+
+    records = await read_derived(kafka_bootstrap, topics, count=2 * len(expected))
+    assert failures == 1
+    assert consumed == 2 * len(bodies)  # the crashed batch was fetched again, not skipped
+    assert ce_ids(records) == Counter({ce_id: 2 * n for ce_id, n in expected.items()})  # identical re-publish
