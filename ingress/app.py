@@ -8,11 +8,11 @@ one produce, and every status it can answer is visible in `WebhookEndpoint.handl
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import structlog
@@ -54,7 +54,7 @@ class Answer:
     """What a webhook request gets back, plus what its log line says."""
 
     status: int
-    body: dict[str, Any]
+    body: bytes  # JSON, rendered
     headers: RawHeaders
     reason: str | None = None
 
@@ -73,6 +73,10 @@ def _refuse_constant(name: str) -> Any:
     raise InvalidBody(f"{name} is not JSON")
 
 
+# Built once: `json.loads(..., parse_constant=...)` would build a new decoder for every body.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def parse_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or `InvalidBody` with a short reason."""
     try:
@@ -80,7 +84,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise InvalidBody("body is not UTF-8") from None
     try:
-        document = json.loads(text, parse_constant=_refuse_constant)
+        document = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidBody(f"malformed JSON at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
@@ -113,22 +117,51 @@ def event_name(document: dict[str, Any]) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def random_uuid() -> str:
+    """A random (version 4) UUID in its canonical text form; `str(uuid.uuid4())` at half the cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def webhook_id(given: bytes | None) -> str:
     """The sender's `webhook-id` when it is a sane token, else a fresh one."""
     if given and len(given) <= MAX_WEBHOOK_ID_BYTES and given.isascii():
         text = given.decode("ascii")
         if text.isprintable() and " " not in text:
             return text
-    return str(uuid.uuid4())
+    return random_uuid()
 
 
-def received_at() -> str:
-    """Now, as ISO 8601 UTC with milliseconds (`2026-06-14T09:30:12.481Z`)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+_second_formatted: tuple[int, str] = (-1, "")
+
+
+def received_at(now: float | None = None) -> str:
+    """Now (or `now`, Unix seconds), as ISO 8601 UTC with milliseconds (`2026-06-14T09:30:12.481Z`).
+
+    The date and time of day are formatted once per second; only the milliseconds change within it.
+    """
+    global _second_formatted
+    if now is None:
+        now = time.time()
+    second = int(now)
+    millis = int((now - second) * 1000)
+    cached_second, prefix = _second_formatted
+    if second != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_formatted = (second, prefix)
+    return f"{prefix}.{millis:03d}Z"
 
 
 def _json(payload: object) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _json_string(text: str) -> bytes:
+    """`text` as a JSON string, exactly as `json.dumps` writes it (ASCII, escaped)."""
+    return encode_basestring_ascii(text).encode()
 
 
 async def respond(
@@ -163,6 +196,7 @@ class WebhookEndpoint:
         self._authenticator = authenticator
         self._metrics = metrics
         self._topic = settings.raw_topic
+        self._topic_json = _json_string(settings.raw_topic)
         self._max_body = settings.max_body_bytes
         unauthorized: RawHeaders = []
         if authenticator.challenges_basic:
@@ -180,7 +214,7 @@ class WebhookEndpoint:
         except ClientDisconnected:
             log.info("webhook_client_disconnected", size=context["size"])
             return
-        await respond(send, answer.status, _json(answer.body), JSON_TYPE, answer.headers)
+        await respond(send, answer.status, answer.body, JSON_TYPE, answer.headers)
         self._metrics.count_request(answer.status)
         log.info(
             "webhook",
@@ -196,7 +230,7 @@ class WebhookEndpoint:
         self, status: int, reason: str, headers: RawHeaders | None = None, *, log_reason: str | None = None
     ) -> Answer:
         assert status in WEBHOOK_RESPONSES, status  # every status we answer is in the OpenAPI document
-        return Answer(status, {"error": reason}, headers or [], log_reason or reason)
+        return Answer(status, _json({"error": reason}), headers or [], log_reason or reason)
 
     async def handle(self, headers: dict[bytes, bytes], receive: Receive, context: dict[str, Any]) -> Answer:
         """The checks, in order: size, authentication, content type, JSON shape; then produce."""
@@ -245,16 +279,14 @@ class WebhookEndpoint:
         finally:
             self._metrics.produce_seconds.observe(time.perf_counter() - produce_started)
         self._metrics.produced_bytes.inc(len(body))
-        return Answer(
-            202,
-            {
-                "webhookId": ident,
-                "topic": self._topic,
-                "partition": delivery.partition,
-                "offset": delivery.offset,
-            },
-            [],
+        # What `_json({"webhookId": ..., "topic": ..., "partition": ..., "offset": ...})` writes, cheaper.
+        accepted = b'{"webhookId":%s,"topic":%s,"partition":%d,"offset":%d}' % (
+            _json_string(ident),
+            self._topic_json,
+            delivery.partition,
+            delivery.offset,
         )
+        return Answer(202, accepted, [])
 
     def _too_large(self) -> Answer:
         # Closing the connection spares us reading (and the client sending) the rest of the body.

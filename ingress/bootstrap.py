@@ -14,6 +14,7 @@ from common.logging import configure_logging
 from ingress.app import IngressApp, create_app
 from ingress.producer import KafkaRecordProducer
 from ingress.settings import IngressSettings
+from ingress.transport import OneWriteHttpToolsProtocol
 
 log = structlog.get_logger("ingress")
 
@@ -45,7 +46,9 @@ async def run_server(app: IngressApp, settings: IngressSettings) -> None:
         host=settings.host,
         port=settings.port,
         loop="none",  # the running loop (uvloop, see main) is the one the producer lives on
-        http="httptools",
+        # httptools, with each answer's head and body leaving in one write (see ingress/transport.py).
+        http=OneWriteHttpToolsProtocol,
+        ws="none",  # the app serves no WebSocket; nothing to upgrade to
         lifespan="off",
         access_log=False,  # our own line per request carries what matters and nothing personal
         log_config=None,

@@ -96,6 +96,11 @@ junk_headers = st.lists(
         )
         | st.binary(min_size=1, max_size=20),
         st.binary(max_size=200),
+    ).filter(
+        # The server frames the body, so its Content-Length always matches; a junk one would be a
+        # different request (400 or 413, tested in the unit tests). Hypothesis finds the name among
+        # the app's constants.
+        lambda header: header[0] != b"content-length"
     ),
     max_size=4,
 )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator, MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from ingress.app import IngressApp, create_app, is_json_media_type
+from ingress.app import IngressApp, create_app, is_json_media_type, received_at, webhook_id
 from ingress.openapi import WEBHOOK_RESPONSES
 from ingress.producer import ProduceFailed
 from tests.support.ingress_harness import (
@@ -361,3 +363,42 @@ async def test_the_openapi_document_is_served(client: httpx.AsyncClient) -> None
     document = (await client.get("/openapi.json")).json()
 
     assert set(document["paths"]["/webhooks"]["post"]["responses"]) == {str(s) for s in WEBHOOK_RESPONSES}
+
+
+@pytest.mark.parametrize("now", [0.0, 1_781_429_412.4815, 1_781_429_412.999_9, 1_781_429_413.0005])
+def test_received_at_is_iso_8601_utc_with_milliseconds_as_datetime_writes_it(now: float) -> None:
+    expected = (
+        datetime.fromtimestamp(int(now), UTC).replace(microsecond=int((now - int(now)) * 1000) * 1000)
+    ).isoformat(timespec="milliseconds")
+    assert received_at(now) == expected.replace("+00:00", "Z")
+    assert received_at(now) == received_at(now)  # the cached second gives the same text
+
+
+def test_generated_webhook_ids_are_random_version_4_uuids() -> None:
+    ids = {webhook_id(None) for _ in range(1000)}
+
+    assert len(ids) == 1000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
+async def test_the_202_body_is_the_json_of_id_topic_partition_offset_exactly(
+    producer: RecordingProducer, sample_body: bytes
+) -> None:
+    app = create_app(ingress_settings(raw_topic='odd "topic" \u00e9'), producer=producer)
+    async with client_for(app) as client:
+        response = await post(client, sample_body, {**JSON, **basic_auth(), "webhook-id": 'a"b\\c'})
+
+    assert response.status_code == 202
+    ident = producer.records[0].headers["webhook-id"].decode()
+    assert ident == 'a"b\\c'
+    assert (
+        response.content
+        == json.dumps(
+            {"webhookId": ident, "topic": 'odd "topic" \u00e9', "partition": 0, "offset": 0},
+            separators=(",", ":"),
+        ).encode()
+    )
