@@ -6,12 +6,12 @@ event name to handler, visible in one place.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
 from schemas.cloudevents import DerivedEvent
 
@@ -75,8 +75,9 @@ RoutingResult = Handled | Unrouted | Invalid
 def route_webhook(raw: bytes, source: SourceRecord, table: RoutingTable) -> RoutingResult:
     """Decode `raw`, find its handler by `meta.eventName`, and run it. Never raises for bad input."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # One parse, then validation of the parsed value: pydantic-core's parser is faster than json's.
+        body = from_json(raw)
+    except ValueError as exc:
         return Invalid(None, "InvalidJson", f"body is not JSON: {exc}"[:500])
     meta = body.get("meta") if isinstance(body, dict) else None
     event_name = meta.get("eventName") if isinstance(meta, dict) else None
