@@ -39,7 +39,14 @@ async def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             await consumer._client.force_metadata_update()
-            if all(len(consumer.partitions_for_topic(n) or ()) == partitions for n in names):
+            cluster = consumer._client.cluster
+            if all(
+                len(consumer.partitions_for_topic(n) or ()) == partitions
+                and all(
+                    cluster.leader_for_partition(TopicPartition(n, p)) is not None for p in range(partitions)
+                )
+                for n in names
+            ):
                 return
             await asyncio.sleep(0.1)
         raise TimeoutError(f"topics {names} have no leaders after 30 s")
