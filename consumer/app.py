@@ -258,4 +258,5 @@ def _document_outputs(broker: KafkaBroker, settings: ConsumerSettings) -> None:
         broker.publisher(topic, title=f"{topic}:publish", description=description, schema=schema)
 
 
-__all__ = ["ConsumerApp", "create_app"]
+# commit_assigned is looked up here at call time, so tests can wrap it.
+__all__ = ["ConsumerApp", "commit_assigned", "create_app"]

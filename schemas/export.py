@@ -1,6 +1,6 @@
 """Write the JSON Schema of every derived event's data, for downstream teams.
 
-    python -m schemas.export [DIR]      (default: docs/schemas)
+python -m schemas.export [DIR]      (default: docs/schemas)
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ async def test_webhooks_on_the_raw_topic_become_cloudevents_on_the_derived_topic
         assert source["topic"] == topics.raw
         assert (
             json.loads(raw[(source["partition"], source["offset"])] or b"")["user"]["id"]
-            == record.key.decode()
+            == (record.key or b"").decode()
         )
 
 

@@ -66,7 +66,9 @@ async def test_a_batch_outlasting_a_rebalance_is_published_without_crash_or_loss
                 return committed == {0: 10, 1: 10, 2: 10}
 
             await wait_until(all_committed, what="every input to be committed")
-            first_loop_alive = not any(t.done() for t in first.broker.subscribers[0].tasks)
+            assert first.broker is not None
+            subscriber: Any = first.broker.subscribers[0]  # the Kafka subscriber keeps its consume tasks
+            first_loop_alive = not any(t.done() for t in subscriber.tasks)
             first_batches = first.metrics.registry.get_sample_value("exam_events_consumer_batches_total")
             second_consumed = second.metrics.registry.get_sample_value(
                 "exam_events_consumer_records_consumed_total"

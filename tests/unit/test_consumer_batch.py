@@ -105,7 +105,7 @@ def sample(metrics: ConsumerMetrics, name: str, **labels: str) -> float:
 
 
 async def test_a_batch_is_committed_once_after_every_output_is_acknowledged(metrics: ConsumerMetrics) -> None:
-    sender, sleeps = ScriptedSender(), []
+    sender, sleeps = ScriptedSender(), list[float]()
     commit = RecordingCommit(sender)
 
     await processor(sender, commit, metrics, sleeps).process(batch())
@@ -127,7 +127,7 @@ async def test_a_batch_is_committed_once_after_every_output_is_acknowledged(metr
 async def test_a_broker_error_republishes_the_whole_batch_with_backoff_and_commits_only_after(
     metrics: ConsumerMetrics, raise_on_send: bool
 ) -> None:
-    sender, sleeps = ScriptedSender(failures=3, raise_on_send=raise_on_send), []
+    sender, sleeps = ScriptedSender(failures=3, raise_on_send=raise_on_send), list[float]()
     commit = RecordingCommit(sender)
 
     await processor(sender, commit, metrics, sleeps).process(batch())
@@ -142,7 +142,7 @@ async def test_a_broker_error_republishes_the_whole_batch_with_backoff_and_commi
 
 
 async def test_a_failed_commit_is_counted_and_does_not_crash_the_worker(metrics: ConsumerMetrics) -> None:
-    sender, sleeps = ScriptedSender(), []
+    sender, sleeps = ScriptedSender(), list[float]()
     commit = RecordingCommit(sender, error=CommitFailedError("rebalanced"))
 
     await processor(sender, commit, metrics, sleeps).process(batch())
@@ -213,7 +213,7 @@ async def test_logs_name_offsets_and_ce_ids_but_never_the_body_or_personal_data(
     del invalid["attempt"]["grade"]
     records = [*batch(), FakeRecord(encode(invalid), offset=5)]
     personal = {results_released()["user"]["email"], results_released()["user"]["name"]}
-    sender, sleeps = ScriptedSender(failures=1), []
+    sender, sleeps = ScriptedSender(failures=1), list[float]()
 
     await processor(sender, RecordingCommit(sender), metrics, sleeps).process(records)
     logs = capture.entries

@@ -19,7 +19,9 @@ TABLE = build_routing_table(RulesSettings())
 
 
 def test_every_configured_results_released_name_has_a_route() -> None:
-    rules = RulesSettings(results_released_event_names="exam.resultsReleased, exam.results_released")
+    rules = RulesSettings.model_validate(
+        {"results_released_event_names": "exam.resultsReleased, exam.results_released"}
+    )
     table = build_routing_table(rules)
     assert set(table) == {"exam.resultsReleased", "exam.results_released"}
     assert all(route.model is ExamResultsReleased for route in table.values())
@@ -35,7 +37,7 @@ def test_a_results_released_body_is_handled() -> None:
 
 
 def test_a_body_under_an_alternative_configured_name_is_handled() -> None:
-    table = build_routing_table(RulesSettings(results_released_event_names="exam.released"))
+    table = build_routing_table(RulesSettings(results_released_event_names=("exam.released",)))
     body = encode(results_released(event_name="exam.released"))
     assert isinstance(route_webhook(body, SOURCE, table), Handled)
 
