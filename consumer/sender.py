@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from consumer.plan import OutgoingRecord
 from consumer.settings import ConsumerSettings
+
+log = structlog.get_logger("consumer")
 
 
 class RecordSender(Protocol):
@@ -42,17 +45,29 @@ class KafkaSender:
     records are appended to one record batch per partition (`send_batch`) instead of one `send()`
     each, which costs several times less CPU per record. Partitions are chosen exactly as aiokafka's
     default partitioner does (murmur2 of the key), so one learner's events share a partition.
+
+    aiokafka's producer is unusable once its sender task has ended (an OutOfOrderSequenceNumber, a
+    fenced producer, an unexpected delivery error): every later send re-raises the stored error. So
+    before each batch of sends a dead producer is closed and replaced by a new one, and `ping()`
+    reports it as unreachable meanwhile.
     """
 
-    def __init__(self, settings: ConsumerSettings) -> None:
+    def __init__(self, settings: ConsumerSettings, *, factory: Callable[..., Any] = AIOKafkaProducer) -> None:
         self._settings = settings
+        self._factory = factory
         self._producer: Any = None
+        self._started = False
         self._key_hashes: dict[bytes, int] = {}
+        self.replacements = 0
 
     async def start(self) -> None:
         """Connect the producer."""
+        self._started = True
+        self._producer = await self._connect()
+
+    async def _connect(self) -> Any:
         settings = self._settings
-        producer = AIOKafkaProducer(
+        producer = self._factory(
             **settings.kafka.aiokafka_kwargs(),
             acks="all",
             enable_idempotence=True,
@@ -60,27 +75,59 @@ class KafkaSender:
             max_batch_size=settings.producer_max_batch_bytes,
             request_timeout_ms=settings.producer_request_timeout_ms,
         )
-        await producer.start()
-        self._producer = producer
+        try:
+            await producer.start()
+        except BaseException:
+            await self._close(producer)
+            raise
+        return producer
+
+    async def _close(self, producer: Any) -> None:
+        """Stop a producer; bounded, since with the broker gone flushing would wait forever."""
+        try:
+            await asyncio.wait_for(producer.stop(), self._settings.producer_request_timeout_ms / 1000)
+        except Exception as exc:  # closing a broken producer: nothing more to do than say so
+            log.warning("closing the producer failed", error=repr(exc)[:500])
 
     async def stop(self) -> None:
         """Flush what is pending and disconnect."""
+        self._started = False
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await producer.stop()
 
+    async def _live_producer(self) -> Any:
+        """The producer, replaced first when its sender task has died."""
+        producer = self._producer
+        if producer is not None and is_dead(producer):
+            task = producer._sender.sender_task
+            error = None if task.cancelled() else task.exception()
+            log.error("the producer's sender task died; replacing the producer", error=repr(error)[:500])
+            self._producer = None
+            self.replacements += 1
+            await self._close(producer)
+        if self._producer is None:
+            if not self._started:
+                raise PublishError("the producer is not started")
+            self._producer = await self._connect()
+            log.info("producer replaced")
+        return self._producer
+
     async def send_many(self, records: Sequence[OutgoingRecord]) -> list[asyncio.Future[Any]]:
         """Queue the records as one record batch per partition (more when a batch fills up), in order."""
-        producer = self._producer
-        if producer is None:
-            raise PublishError("the producer is not started")
-        partitions: dict[str, list[int]] = {}
+        producer = await self._live_producer()
+        cluster = producer.client.cluster
+        partitions: dict[str, tuple[list[int], list[int]]] = {}
         by_partition: dict[tuple[str, int], list[OutgoingRecord]] = {}
         for record in records:
-            available = partitions.get(record.topic)
-            if available is None:
-                available = partitions[record.topic] = sorted(await producer.partitions_for(record.topic))
-            by_partition.setdefault((record.topic, self._partition(record.key, available)), []).append(record)
+            known = partitions.get(record.topic)
+            if known is None:
+                # The topics were checked at start-up (consumer.topics), so this finds, never creates.
+                every = sorted(await producer.partitions_for(record.topic))
+                available = sorted(cluster.available_partitions_for_topic(record.topic) or ())
+                known = partitions[record.topic] = (every, available)
+            partition = self._partition(record.key, *known)
+            by_partition.setdefault((record.topic, partition), []).append(record)
         futures: list[asyncio.Future[Any]] = []
         try:
             for (topic, partition), queued in by_partition.items():
@@ -98,20 +145,21 @@ class KafkaSender:
             raise
         return futures
 
-    def _partition(self, key: bytes | None, available: list[int]) -> int:
-        """aiokafka's (and Java's) default partitioner: murmur2 of the key; random without a key."""
+    def _partition(self, key: bytes | None, every: list[int], available: list[int]) -> int:
+        """aiokafka's (and Java's) default partitioner: murmur2 of the key over every partition; without
+        a key, a random partition that has a leader (any partition when none has)."""
         if key is None:
-            return random.choice(available)
+            return random.choice(available or every)
         hashed = self._key_hashes.get(key)
         if hashed is None:
             if len(self._key_hashes) > 100_000:  # bounded: learners are many, memory is not
                 self._key_hashes.clear()
             hashed = self._key_hashes[key] = murmur2(key) & 0x7FFFFFFF
-        return available[hashed % len(available)]
+        return every[hashed % len(every)]
 
     async def ping(self, timeout: float) -> bool:
-        """True when a broker of the cluster answers a metadata request within `timeout` seconds."""
-        if self._producer is None:
+        """True when the producer is alive and a broker answers a metadata request within `timeout` s."""
+        if self._producer is None or is_dead(self._producer):
             return False
         try:
             async with asyncio.timeout(timeout):
@@ -119,6 +167,12 @@ class KafkaSender:
         except Exception:  # any failure means "not reachable" to a readiness probe
             return False
         return True
+
+
+def is_dead(producer: Any) -> bool:
+    """True once the producer's sender task has ended: every later send would fail (no public flag)."""
+    sender_task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    return sender_task is not None and sender_task.done()
 
 
 def _append(batch: Any, record: OutgoingRecord) -> bool:
