@@ -31,6 +31,11 @@ log = structlog.get_logger("consumer")
 Offsets = Mapping[tuple[str, int], int]
 CommitOffsets = Callable[[Offsets], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
+# Which of these (topic, partition)s this member still owns (assigned, and still a group member).
+Owned = Callable[[set[tuple[str, int]]], set[tuple[str, int]]]
+
+# From this many failed publish attempts of one batch on, each failure is logged as an error.
+ERROR_AFTER_ATTEMPTS = 10
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
@@ -49,6 +54,7 @@ class BatchProcessor:
         sender: RecordSender,
         commit: CommitOffsets,
         metrics: ConsumerMetrics,
+        owned: Owned = lambda partitions: partitions,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._settings = settings
@@ -57,12 +63,32 @@ class BatchProcessor:
         self._sender = sender
         self._commit = commit
         self._metrics = metrics
+        self._owned = owned
         self._sleep = sleep
+        self._in_flight_since: float | None = None
+        self.last_progress = time.monotonic()
 
-    async def process(self, records: Sequence[RawRecord]) -> None:
-        """Route, publish until acknowledged, then commit. Only cancellation escapes."""
+    def in_flight_seconds(self) -> float:
+        """How long the batch in flight has been running (0 when none is)."""
+        since = self._in_flight_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    async def process(self, records: Sequence[RawRecord]) -> bool:
+        """Route, publish until acknowledged, then commit. Only cancellation escapes.
+
+        Returns False when the batch was dropped uncommitted because this member no longer owns any of
+        its partitions (evicted from the group while retrying): their new owner reads them again.
+        """
         if not records:
-            return
+            return True
+        self._in_flight_since = time.monotonic()
+        try:
+            return await self._process(records)
+        finally:
+            self._in_flight_since = None
+            self.last_progress = time.monotonic()
+
+    async def _process(self, records: Sequence[RawRecord]) -> bool:
         started = time.perf_counter()
         settings, metrics = self._settings, self._metrics
         plan = plan_batch(
@@ -88,15 +114,27 @@ class BatchProcessor:
                     attempt, settings.retry_backoff_initial_seconds, settings.retry_backoff_max_seconds
                 )
                 metrics.publish_retries.inc()
-                log.warning(
+                level = log.error if attempt >= ERROR_AFTER_ATTEMPTS else log.warning
+                level(
                     "publish failed; batch not committed, retrying",
                     error=repr(exc)[:500],
                     attempt=attempt,
                     retry_in_seconds=delay,
+                    in_flight_seconds=round(self.in_flight_seconds(), 1),
                     records=len(plan.outgoing),
                     offsets=ranges,
                 )
                 await self._sleep(delay)
+                partitions = {(record.topic, record.partition) for record in records}
+                if not self._owned(partitions):
+                    metrics.batches_dropped.inc()
+                    log.warning(
+                        "this member no longer owns the batch's partitions; dropped uncommitted, "
+                        "their new owner reads them again",
+                        attempt=attempt,
+                        offsets=ranges,
+                    )
+                    return False
 
         self._record_outcomes(plan)
         await self._commit_or_warn(plan.next_offsets, ranges)
@@ -112,6 +150,7 @@ class BatchProcessor:
             revoked=plan.count("revoked"),
             publish_attempts=attempt + 1,
         )
+        return True
 
     async def _commit_or_warn(self, offsets: Offsets, ranges: dict[str, str]) -> None:
         """Commit; a failure only costs redelivery (outputs are already acknowledged), so never crash."""
@@ -193,9 +232,15 @@ class InFlightBatch(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
     not commit, and its records would be handled twice.
     """
 
-    def __init__(self, wait_seconds: float, metrics: ConsumerMetrics) -> None:
+    def __init__(
+        self,
+        wait_seconds: float,
+        metrics: ConsumerMetrics,
+        on_assigned: Callable[[], None] = lambda: None,
+    ) -> None:
         self._wait_seconds = wait_seconds
         self._metrics = metrics
+        self._on_assigned = on_assigned
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -222,10 +267,68 @@ class InFlightBatch(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Called by aiokafka after a rebalance."""
+        self._on_assigned()
         self._metrics.assigned_partitions.set(len(assigned))
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 
-def records_from(batch: Sequence[Any] | Any) -> Sequence[RawRecord]:
-    """The batch FastStream hands over, as a sequence of records."""
-    return batch if isinstance(batch, Sequence) else (batch,)
+CommittedOffset = Callable[[TopicPartition], Awaitable[int | None]]
+
+
+class OffsetGuard:
+    """Refuses a batch that starts past where the previous batch of its partition ended.
+
+    FastStream swallows errors raised before our handler runs (a middleware, the parser): the fetch
+    position has then moved past records nobody handled, and the next commit would skip them. The
+    guard remembers, per partition, the offset after the last handled batch (or, after an assignment,
+    the committed offset) and reports a batch that starts later, so the handler rewinds instead.
+    Offsets without records (transaction markers, compaction) also leave gaps: a gap still there after
+    one rewind to the same offset is accepted.
+    """
+
+    def __init__(self, committed: CommittedOffset) -> None:
+        self._committed = committed
+        self._next: dict[TopicPartition, int | None] = {}
+        self._rewound: dict[TopicPartition, int] = {}
+
+    def forget(self) -> None:
+        """After an assignment: positions restart from the committed offsets, expectations too."""
+        self._next.clear()
+        self._rewound.clear()
+
+    async def gaps(self, records: Sequence[RawRecord]) -> dict[TopicPartition, int]:
+        """Partition -> offset the batch should have started at, for each partition it starts past."""
+        found: dict[TopicPartition, int] = {}
+        for tp, (first, _last) in _partition_spans(records).items():
+            if tp not in self._next:
+                try:
+                    self._next[tp] = await self._committed(tp)
+                except Exception:  # no expectation is the old behaviour, not a reason to fail the batch
+                    self._next[tp] = None
+            expected = self._next[tp]
+            if expected is not None and first > expected and self._rewound.get(tp) != expected:
+                found[tp] = expected
+        self._rewound.update(found)
+        return found
+
+    def handled(self, records: Sequence[RawRecord]) -> None:
+        """The batch was handled: each of its partitions continues after its last record."""
+        for tp, (_first, last) in _partition_spans(records).items():
+            self._next[tp] = last + 1
+            self._rewound.pop(tp, None)
+
+    def drop(self, records: Sequence[RawRecord]) -> None:
+        """The batch was not handled (rewound): expect its partitions to restart where it started."""
+        for tp, (first, _last) in _partition_spans(records).items():
+            if self._next.get(tp) is None or first < (self._next[tp] or 0):
+                self._next[tp] = first
+
+
+def _partition_spans(records: Sequence[RawRecord]) -> dict[TopicPartition, tuple[int, int]]:
+    """Partition -> (first, last) offset of the batch's records."""
+    spans: dict[TopicPartition, tuple[int, int]] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        first, last = spans.get(tp, (record.offset, record.offset))
+        spans[tp] = (min(first, record.offset), max(last, record.offset))
+    return spans

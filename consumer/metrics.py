@@ -27,6 +27,11 @@ class ConsumerMetrics:
     batch_failures: Counter
     assigned_partitions: Gauge
     consume_task_crashes: Gauge
+    batches_dropped: Counter
+    gap_rewinds: Counter
+    producer_replacements: Gauge
+    in_flight_batch_seconds: Gauge
+    seconds_since_progress: Gauge
 
     @classmethod
     def create(cls) -> ConsumerMetrics:
@@ -97,6 +102,32 @@ class ConsumerMetrics:
             consume_task_crashes=Gauge(
                 f"{PREFIX}_consume_task_crashes",
                 "Consume loop tasks that ended with an error (FastStream restarts them; > 0 is a bug).",
+                registry=registry,
+            ),
+            batches_dropped=Counter(
+                f"{PREFIX}_batches_dropped",
+                "Batches dropped uncommitted while retrying because this member lost their partitions.",
+                registry=registry,
+            ),
+            gap_rewinds=Counter(
+                f"{PREFIX}_gap_rewinds",
+                "Batches that started past the previous one of their partition (records not handled); "
+                "rewound instead of skipped.",
+                registry=registry,
+            ),
+            producer_replacements=Gauge(
+                f"{PREFIX}_producer_replacements",
+                "Producers replaced because their sender task had died.",
+                registry=registry,
+            ),
+            in_flight_batch_seconds=Gauge(
+                f"{PREFIX}_in_flight_batch_seconds",
+                "Age of the batch in flight (0 when none): grows while a batch keeps failing to publish.",
+                registry=registry,
+            ),
+            seconds_since_progress=Gauge(
+                f"{PREFIX}_seconds_since_progress",
+                "Seconds since the last batch was finished (committed or dropped), or since start.",
                 registry=registry,
             ),
         )

@@ -105,6 +105,11 @@ class ConsumerSettings(BaseSettings):
         return self
 
     @property
+    def stuck_batch_seconds(self) -> float:
+        """A batch in flight longer than this is stuck (publishing keeps failing): /readyz fails."""
+        return 5 * self.retry_backoff_max_seconds
+
+    @property
     def derived_topics(self) -> dict[str, str]:
         """Derived event type -> topic; the single place that decides where each type goes."""
         return {

@@ -46,6 +46,8 @@ async def test_readyz_is_unavailable_until_the_broker_answers_and_partitions_are
         "broker_reachable": False,
         "assigned_partitions": 0,
         "consume_loop_running": False,
+        "in_flight_batch_seconds": 0.0,
+        "batch_stuck": False,
     }
 
 

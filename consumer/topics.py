@@ -1,0 +1,65 @@
+"""Start-up check of the topics the consumer reads and writes; it never creates one.
+
+A metadata request from a producer may auto-create a missing topic with the broker's defaults
+(partition count, `max.message.bytes`), so the topics are checked with the admin client first:
+`list_topics()` and `describe_configs()` never create anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from consumer.settings import ConsumerSettings
+
+MAX_MESSAGE_BYTES = "max.message.bytes"
+
+
+class TopicsNotReady(Exception):
+    """A topic is missing or too small for what the consumer copies into it; the consumer must not start."""
+
+
+def problems(
+    settings: ConsumerSettings, existing: set[str], max_message_bytes: Mapping[str, int]
+) -> list[str]:
+    """What is wrong with the cluster's topics, one short sentence each (empty when nothing is)."""
+    wanted = [settings.raw_topic, *dict.fromkeys(settings.derived_topics.values())]
+    wanted += [settings.dlq_topic, settings.unrouted_topic]
+    missing = [topic for topic in dict.fromkeys(wanted) if topic not in existing]
+    if missing:
+        return [f"missing topics (create them, e.g. scripts/create-topics): {', '.join(missing)}"]
+    raw_limit = max_message_bytes.get(settings.raw_topic)
+    found = []
+    for topic in dict.fromkeys([settings.dlq_topic, settings.unrouted_topic]):
+        limit = max_message_bytes.get(topic)
+        # Raw records are copied byte for byte (plus headers): the copy must fit where the original did.
+        if raw_limit is not None and limit is not None and limit < raw_limit:
+            found.append(
+                f"{topic} has {MAX_MESSAGE_BYTES}={limit}, less than {settings.raw_topic}'s {raw_limit}: "
+                "a large raw record could never be copied there"
+            )
+    return found
+
+
+async def check_topics(settings: ConsumerSettings, timeout_ms: int = 10_000) -> None:
+    """Raise TopicsNotReady when a topic is missing or the DLQ/unrouted topic is smaller than the raw one."""
+    admin = AIOKafkaAdminClient(**settings.kafka.aiokafka_kwargs(), request_timeout_ms=timeout_ms)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        sizes: dict[str, int] = {}
+        topics = [settings.raw_topic, settings.dlq_topic, settings.unrouted_topic]
+        if all(topic in existing for topic in topics):
+            resources = [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in dict.fromkeys(topics)]
+            for response in await admin.describe_configs(resources):
+                for resource in response.to_object()["resources"]:
+                    for entry in resource["config_entries"]:
+                        if entry["config_names"] == MAX_MESSAGE_BYTES and entry["config_value"] is not None:
+                            sizes[resource["resource_name"]] = int(entry["config_value"])
+    finally:
+        await admin.close()
+    found = problems(settings, existing, sizes)
+    if found:
+        raise TopicsNotReady("; ".join(found))
