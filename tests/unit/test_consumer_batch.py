@@ -231,3 +231,70 @@ async def test_logs_name_offsets_and_ce_ids_but_never_the_body_or_personal_data(
         "attempt revoked; no events",
         "batch committed",
     }
+
+
+async def test_a_retrying_batch_is_dropped_uncommitted_once_none_of_its_partitions_is_owned(
+    metrics: ConsumerMetrics,
+) -> None:
+    sender, sleeps = ScriptedSender(failures=10**6), list[float]()
+    commit = RecordingCommit(sender)
+    owned_checks: list[set[tuple[str, int]]] = []
+
+    def owned(partitions: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        owned_checks.append(partitions)
+        return partitions if len(owned_checks) < 3 else set()  # evicted during the third wait
+
+    work = processor(sender, commit, metrics, sleeps)
+    work._owned = owned
+
+    assert await work.process(batch()) is False
+    assert commit.calls == []
+    assert owned_checks == [{("exam.webhooks.raw", 0)}] * 3
+    assert sample(metrics, "exam_events_consumer_batches_dropped_total") == 1
+    assert sample(metrics, "exam_events_consumer_batches_total") == 0
+    assert work.in_flight_seconds() == 0.0  # nothing in flight any more
+
+
+async def test_failures_become_errors_after_some_attempts_and_the_batch_age_is_visible_meanwhile(
+    metrics: ConsumerMetrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture = LogCapture()
+    monkeypatch.setattr(batch_module, "log", structlog.wrap_logger(None, processors=[capture]))
+    sender = ScriptedSender(failures=batch_module.ERROR_AFTER_ATTEMPTS + 2)
+    ages: list[float] = []
+    work = processor(sender, RecordingCommit(sender), metrics, [])
+
+    async def sleep(_seconds: float) -> None:
+        ages.append(work.in_flight_seconds())
+
+    work._sleep = sleep
+    assert await work.process(batch()) is True
+
+    levels = [e["log_level"] for e in capture.entries if e["event"].startswith("publish failed")]
+    first_error = batch_module.ERROR_AFTER_ATTEMPTS - 1
+    assert levels == ["warning"] * first_error + ["error"] * (len(levels) - first_error)
+    assert len(levels) == batch_module.ERROR_AFTER_ATTEMPTS + 2
+    assert all(age > 0 for age in ages)
+    assert ages == sorted(ages)  # the same batch, getting older
+    assert work.in_flight_seconds() == 0.0
+
+
+def test_the_offset_guard_reports_a_batch_that_starts_past_unhandled_records() -> None:
+    async def scenario() -> list[dict[Any, int]]:
+        async def committed(_tp: Any) -> int | None:
+            return 10
+
+        guard = batch_module.OffsetGuard(committed)
+        results = []
+        first = [FakeRecord(b"x", offset=10), FakeRecord(b"x", offset=11)]
+        results.append(await guard.gaps(first))  # starts at the committed offset: fine
+        guard.handled(first)
+        results.append(await guard.gaps([FakeRecord(b"x", offset=12)]))  # follows on: fine
+        results.append(await guard.gaps([FakeRecord(b"x", offset=20)]))  # 12-19 never handled: gap
+        results.append(await guard.gaps([FakeRecord(b"x", offset=20)]))  # again after a rewind: no data there
+        guard.forget()  # a new assignment: expectations start again from the committed offset
+        results.append(await guard.gaps([FakeRecord(b"x", offset=15)]))
+        return results
+
+    tp = batch_module.TopicPartition("exam.webhooks.raw", 0)
+    assert asyncio.run(scenario()) == [{}, {}, {tp: 12}, {}, {tp: 10}]
