@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import structlog
+from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaTimeoutError
 from structlog.testing import LogCapture
 
@@ -296,5 +297,5 @@ def test_the_offset_guard_reports_a_batch_that_starts_past_unhandled_records() -
         results.append(await guard.gaps([FakeRecord(b"x", offset=15)]))
         return results
 
-    tp = batch_module.TopicPartition("exam.webhooks.raw", 0)
+    tp = TopicPartition("exam.webhooks.raw", 0)
     assert asyncio.run(scenario()) == [{}, {}, {tp: 12}, {}, {tp: 10}]
