@@ -52,13 +52,16 @@ def configure_logging(service: str, level: str = "INFO", *, json: bool | None = 
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_personal_data,
     ]
+    # Tracebacks never show local variables: they would print bodies, headers and credentials.
     renderer: Any = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=True)
-    )
-    structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer]
+        structlog.processors.JSONRenderer()
         if as_json
-        else [*shared, renderer],
+        else structlog.dev.ConsoleRenderer(colors=True, exception_formatter=structlog.dev.plain_traceback)
+    )
+    # JSON lines carry the traceback as text; the console renderer formats it itself.
+    final = [structlog.processors.format_exc_info, renderer] if as_json else [renderer]
+    structlog.configure(
+        processors=[*shared, *final],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
@@ -69,7 +72,7 @@ def configure_logging(service: str, level: str = "INFO", *, json: bool | None = 
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
         )
     )
     root = logging.getLogger()
