@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ingress.auth import BASIC_REALM, WEBHOOK_ID, AuthenticationFailed, Authenticator, authenticator_from
 from ingress.metrics import IngressMetrics
 from ingress.openapi import WEBHOOK_RESPONSES, openapi_document
-from ingress.producer import ProduceFailed, RecordProducer
+from ingress.producer import ProduceFailed, RecordProducer, RecordTooLarge
 from ingress.settings import IngressSettings
 
 Scope = MutableMapping[str, Any]
@@ -272,6 +272,9 @@ class WebhookEndpoint:
             delivery = await self._producer.produce(self._topic, body, record_key(document), record_headers)
         except ProduceFailed as exc:
             return self._unavailable(str(exc))
+        except RecordTooLarge as exc:
+            # Refused before it took a sequence number; no retry would store it.
+            return self._reject(413, "body too large for the Kafka topic", log_reason=str(exc))
         except Exception as exc:
             # Whatever broke, Kafka may not have the body: the sender must retry, never be told "done".
             log.exception("produce_crashed")

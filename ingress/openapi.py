@@ -14,7 +14,8 @@ WEBHOOK_RESPONSES: dict[int, str] = {
     202: "Kafka acknowledged the body (acks=all); it is stored on the raw topic.",
     400: "The body is not UTF-8 JSON, not a JSON object, or Content-Length is invalid.",
     401: "Neither HTTP Basic credentials nor a Standard Webhooks signature admitted the request.",
-    413: "The body is larger than INGRESS_MAX_BODY_BYTES (default 1 MiB).",
+    413: "The body is larger than INGRESS_MAX_BODY_BYTES (default 1 MiB), or too large (with the "
+    "record's key and headers) for the raw topic's max.message.bytes. Retrying does not help.",
     415: "The content type is not application/json (or application/*+json).",
     503: "Kafka did not acknowledge within INGRESS_PRODUCE_TIMEOUT_SECONDS or cannot be reached. "
     "Nothing is promised: retry after the Retry-After seconds.",

@@ -2,38 +2,64 @@
 
 `KafkaRecordProducer.produce` returns the partition and offset once the broker has the record, or
 raises `ProduceFailed` (no acknowledgement within the timeout, broker unreachable, producer being
-rebuilt). It never gives up for good: while Kafka is away it keeps reconnecting in the background,
-and when aiokafka's sender dies on a fatal error (e.g. OutOfOrderSequenceNumber after a broker
-lost its state) the producer is replaced by a fresh one.
+rebuilt), or `RecordTooLarge` when the record cannot be stored on the topic at all. It never gives
+up for good: while Kafka is away it keeps reconnecting in the background, and the aiokafka producer
+is replaced by a fresh one (new producer id, sequence numbers from 0) when its sender task died, when
+the broker answers with an error of the idempotent producer's state (OutOfOrderSequenceNumber,
+UnknownProducerId, InvalidProducerEpoch, ProducerFenced: aiokafka fails the batch but keeps the
+sender running, so every later batch of that partition would fail the same way), or after
+`FAILURES_BEFORE_REPLACING` other failures in a row.
+
+Each connection first reads the topic's `max.message.bytes` (admin client, which never creates the
+topic) and caps aiokafka's `max_request_size` and batch size at it: a record the broker would refuse
+is refused locally by `send()`, before it takes a sequence number. A broker that refuses a batch
+anyway (the limit was lowered since) gets the producer replaced, so the refusal stays one 413.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from common.kafka import KafkaConnectionSettings
+from common.topics import max_message_bytes
 
 log = structlog.get_logger("ingress.producer")
 
 Headers = Sequence[tuple[str, bytes]]
 ProducerFactory = Callable[..., Any]
+LimitReader = Callable[[KafkaConnectionSettings, str], Awaitable[int]]
 
 # Headroom over the largest body for the record's key, headers and batch framing.
 RECORD_OVERHEAD_BYTES = 64 * 1024
 # Batches big enough for one record from each of many concurrent requests.
 MAX_BATCH_BYTES = 512 * 1024
+# Broker answers after which only a new producer (new id, sequence numbers from 0) can succeed.
+REPLACE_ON = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
+# Other Kafka errors in a row (timeouts not counted) after which the producer is replaced anyway.
+FAILURES_BEFORE_REPLACING = 3
 
 
 class ProduceFailed(Exception):
     """Kafka did not acknowledge the record; the client should retry later."""
+
+
+class RecordTooLarge(Exception):
+    """The record is larger than the topic's `max.message.bytes`: no retry will store it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +94,21 @@ class KafkaRecordProducer:
         linger_ms: int,
         max_body_bytes: int,
         factory: ProducerFactory = AIOKafkaProducer,
+        topic_limit: LimitReader = max_message_bytes,
     ) -> None:
+        self._kafka = kafka
         self._topic = topic
         self._timeout = timeout_seconds
         self._factory = factory
+        self._topic_limit = topic_limit
+        self._max_record_bytes = max_body_bytes + RECORD_OVERHEAD_BYTES
         self._kwargs: dict[str, Any] = {
             **kafka.aiokafka_kwargs(),
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": linger_ms,
             "max_batch_size": MAX_BATCH_BYTES,
-            "max_request_size": max_body_bytes + RECORD_OVERHEAD_BYTES,
+            "max_request_size": self._max_record_bytes,
             # The broker waits this long for replicas; our own timeout answers the client sooner.
             "request_timeout_ms": max(int(timeout_seconds * 1000), 1000),
             "retry_backoff_ms": 100,
@@ -87,6 +117,7 @@ class KafkaRecordProducer:
         self._connecting: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._stopped = False
+        self._failures = 0  # Kafka errors in a row (not timeouts) of the current producer
 
     async def start(self) -> None:
         """Connect in the background; wait up to the produce timeout for the first connection."""
@@ -102,8 +133,8 @@ class KafkaRecordProducer:
         self._stopped = True
         if self._connecting is not None:
             self._connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._connecting
+            # Whatever the connecting task ended with (cancelled, or a bug of ours) must not stop the close.
+            await asyncio.gather(self._connecting, return_exceptions=True)
         producer, self._producer = self._producer, None
         if producer is not None:
             await self._close(producer)
@@ -111,28 +142,45 @@ class KafkaRecordProducer:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def produce(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Delivery:
-        """Store one record and return where it went, or raise `ProduceFailed`."""
+        """Store one record and return where it went, or raise `ProduceFailed` / `RecordTooLarge`."""
         producer = self._producer
         if producer is None or self._is_dead(producer):
-            self._replace(producer)
+            self._replace(producer, "sender task ended" if producer is not None else None)
             raise ProduceFailed("not connected to Kafka")
         try:
             async with asyncio.timeout(self._timeout):
-                future = await producer.send(topic, value, key=key, headers=list(headers))
+                try:
+                    future = await producer.send(topic, value, key=key, headers=list(headers))
+                except MessageSizeTooLargeError as exc:
+                    # Refused by aiokafka itself (max_request_size, capped at the topic's limit):
+                    # no sequence number was taken, the producer is fine.
+                    raise RecordTooLarge(str(exc)) from None
                 # Shielded: cancelling aiokafka's future would not stop the record, only our view of it.
                 metadata = await asyncio.shield(future)
         except TimeoutError:
             raise ProduceFailed(f"no acknowledgement within {self._timeout:g} s") from None
+        except MessageSizeTooLargeError as exc:
+            # Refused by the broker (its limit is lower than the one read at connection time): the
+            # batch's sequence number is lost, so the next batch would get OutOfOrderSequenceNumber.
+            self._replace(producer, "broker refused a record as too large; re-reading the topic limit")
+            raise RecordTooLarge(f"the broker refused the record: {exc!r}") from exc
         except KafkaError as exc:
-            if self._is_dead(producer):
-                self._replace(producer)
+            self._failures += 1
+            if isinstance(exc, REPLACE_ON):
+                self._replace(producer, f"{type(exc).__name__} from the broker")
+            elif self._is_dead(producer):
+                self._replace(producer, "sender task ended")
+            elif self._failures >= FAILURES_BEFORE_REPLACING:
+                self._replace(producer, f"{self._failures} failed produces in a row")
             raise ProduceFailed(f"Kafka refused the record: {exc!r}") from exc
+        if producer is self._producer:
+            self._failures = 0
         return Delivery(metadata.partition, metadata.offset)
 
     async def ready(self) -> bool:
-        """True when the producer runs and a metadata refresh just reached a broker."""
+        """True when the producer runs, is not failing every produce, and a metadata refresh just worked."""
         producer = self._producer
-        if producer is None or self._is_dead(producer):
+        if producer is None or self._is_dead(producer) or self._failures >= FAILURES_BEFORE_REPLACING:
             return False
         try:
             async with asyncio.timeout(self._timeout):
@@ -147,11 +195,12 @@ class KafkaRecordProducer:
         sender_task = getattr(producer._sender, "sender_task", None)
         return sender_task is not None and sender_task.done()
 
-    def _replace(self, broken: Any) -> None:
-        """Drop a dead producer (if any) and start connecting a new one, once."""
+    def _replace(self, broken: Any, reason: str | None) -> None:
+        """Drop a broken producer (if it is still the current one) and start connecting a new one, once."""
         if broken is not None and broken is self._producer:
-            log.error("kafka_producer_died", action="replacing")
+            log.error("kafka_producer_replaced", reason=reason)
             self._producer = None
+            self._failures = 0
             self._spawn_close(broken)
         self._reconnect()
 
@@ -163,20 +212,42 @@ class KafkaRecordProducer:
     async def _connect_until_done(self) -> None:
         delay = 0.2
         while True:
-            producer = self._factory(**self._kwargs)
+            producer = None
             try:
+                kwargs = await self._producer_kwargs()
+                producer = self._factory(**kwargs)
                 await producer.start()
                 # Fetch the topic's partitions now, so the first request does not pay for it.
                 await producer.partitions_for(self._topic)
-            except (KafkaError, OSError) as exc:
+            except Exception as exc:
+                # Anything at all: this task is the only way back to a working producer.
                 log.warning("kafka_connect_failed", error=repr(exc), retry_in_s=delay)
-                self._spawn_close(producer)
+                if producer is not None:
+                    self._spawn_close(producer)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            self._failures = 0
             self._producer = producer
-            log.info("kafka_connected", topic=self._topic)
+            log.info("kafka_connected", topic=self._topic, max_request_size=kwargs["max_request_size"])
             return
+
+    async def _producer_kwargs(self) -> dict[str, Any]:
+        """aiokafka's settings, with the record and batch sizes capped at the topic's limit."""
+        limit = await self._topic_limit(self._kafka, self._topic)
+        if limit < self._max_record_bytes:
+            log.warning(
+                "topic_limit_below_max_body",
+                topic=self._topic,
+                max_message_bytes=limit,
+                wanted=self._max_record_bytes,
+                effect="bodies that do not fit get 413",
+            )
+        return {
+            **self._kwargs,
+            "max_request_size": min(self._max_record_bytes, limit),
+            "max_batch_size": min(MAX_BATCH_BYTES, limit),
+        }
 
     def _spawn_close(self, producer: Any) -> None:
         task = asyncio.create_task(self._close(producer), name="kafka-close")
@@ -189,7 +260,7 @@ class KafkaRecordProducer:
             await asyncio.wait_for(producer.stop(), self._timeout)
         except TimeoutError:
             log.warning("kafka_flush_timed_out", seconds=self._timeout)
-        except KafkaError as exc:
+        except Exception as exc:
             log.warning("kafka_close_failed", error=repr(exc))
 
 

@@ -1,4 +1,4 @@
-"""The producer wrapper's own logic: reconnecting, and replacing an aiokafka producer whose sender died.
+"""The producer wrapper's own logic: reconnecting, and replacing an aiokafka producer that cannot recover.
 
 aiokafka is stood in for by a small double here; the real broker versions of these paths are in
 tests/integration/test_ingress_broker_outage.py.
@@ -11,11 +11,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    RequestTimedOutError,
+)
 from aiokafka.structs import RecordMetadata, TopicPartition
 
 from common.kafka import KafkaConnectionSettings
-from ingress.producer import Delivery, KafkaRecordProducer, ProduceFailed
+from ingress.producer import (
+    FAILURES_BEFORE_REPLACING,
+    Delivery,
+    KafkaRecordProducer,
+    ProduceFailed,
+    RecordTooLarge,
+)
 
 TOPIC = "raw"
 
@@ -30,8 +42,11 @@ class StandInProducer:
     """Enough of AIOKafkaProducer for the wrapper: start, send, stop, and a sender task that can die."""
 
     refuse_start: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
     sent: list[bytes] = field(default_factory=list)
     stopped: bool = False
+    # Set: every batch fails with it while the sender task keeps running (aiokafka after a sequence gap).
+    batch_error: KafkaError | None = None
     _sender: Sender = field(default_factory=Sender)
 
     async def start(self) -> None:
@@ -45,8 +60,12 @@ class StandInProducer:
     async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[RecordMetadata]:
         future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         assert self._sender.sender_task is not None
+        if len(value) > self.kwargs.get("max_request_size", 1 << 30):
+            raise MessageSizeTooLargeError("larger than max_request_size")
         if self._sender.sender_task.done():
             future.set_exception(KafkaError("sender is dead"))
+        elif self.batch_error is not None:
+            future.set_exception(self.batch_error)
         else:
             self.sent.append(value)
             future.set_result(RecordMetadata(topic, 0, TopicPartition(topic, 0), len(self.sent) - 1, 0, 0, 0))
@@ -68,20 +87,38 @@ class Factory:
     refusals: int = 0
     made: list[StandInProducer] = field(default_factory=list)
 
-    def __call__(self, **_: Any) -> StandInProducer:
-        producer = StandInProducer(refuse_start=len(self.made) < self.refusals)
+    def __call__(self, **kwargs: Any) -> StandInProducer:
+        producer = StandInProducer(refuse_start=len(self.made) < self.refusals, kwargs=kwargs)
         self.made.append(producer)
         return producer
 
 
-def wrapper(factory: Factory) -> KafkaRecordProducer:
+@dataclass
+class TopicLimit:
+    """Stands in for reading `max.message.bytes`; `failures` first reads raise."""
+
+    limit: int = 1_048_588
+    failures: int = 0
+    reads: int = 0
+
+    async def __call__(self, kafka: KafkaConnectionSettings, topic: str) -> int:
+        self.reads += 1
+        if self.reads <= self.failures:
+            raise RuntimeError("a bug of ours, or anything unexpected")
+        return self.limit
+
+
+def wrapper(
+    factory: Factory, limit: TopicLimit | None = None, max_body_bytes: int = 1024
+) -> KafkaRecordProducer:
     return KafkaRecordProducer(
         KafkaConnectionSettings(bootstrap_servers="127.0.0.1:1"),
         topic=TOPIC,
         timeout_seconds=0.5,
         linger_ms=0,
-        max_body_bytes=1024,
+        max_body_bytes=max_body_bytes,
         factory=factory,
+        topic_limit=limit or TopicLimit(),
     )
 
 
@@ -92,6 +129,82 @@ async def produce_until_delivered(producer: KafkaRecordProducer, attempts: int =
         except ProduceFailed:
             await asyncio.sleep(0.05)
     raise AssertionError(f"no delivery after {attempts} attempts")
+
+
+async def test_a_producer_whose_batches_fail_with_out_of_order_sequence_is_replaced() -> None:
+    # aiokafka fails the batch with OutOfOrderSequenceNumber and keeps its sender task running:
+    # every later batch of the partition fails the same way until the producer is replaced.
+    factory = Factory()
+    producer = wrapper(factory)
+    await producer.start()
+    first = factory.made[0]
+    first.batch_error = OutOfOrderSequenceNumber()
+
+    with pytest.raises(ProduceFailed, match="OutOfOrderSequenceNumber"):
+        await producer.produce(TOPIC, b"{}", None, [])
+    assert not await producer.ready()  # being replaced
+    await produce_until_delivered(producer)
+
+    assert len(factory.made) == 2
+    assert first.stopped
+    assert first._sender.sender_task is not None
+    assert not first._sender.sender_task.done()
+    assert factory.made[1].sent == [b"{}"]
+    assert await producer_ready(producer)
+    await producer.stop()
+
+
+async def test_repeated_other_kafka_errors_make_it_not_ready_and_replace_the_producer() -> None:
+    factory = Factory()
+    producer = wrapper(factory)
+    await producer.start()
+    first = factory.made[0]
+    first.batch_error = RequestTimedOutError()
+
+    for _ in range(FAILURES_BEFORE_REPLACING - 1):
+        with pytest.raises(ProduceFailed):
+            await producer.produce(TOPIC, b"{}", None, [])
+    assert len(factory.made) == 1  # a few failures are not enough
+    with pytest.raises(ProduceFailed):
+        await producer.produce(TOPIC, b"{}", None, [])
+    assert not await producer.ready()
+    await produce_until_delivered(producer)
+
+    assert len(factory.made) == 2
+    assert first.stopped
+    await producer.stop()
+
+
+async def test_record_and_batch_sizes_are_capped_at_the_topic_limit_and_too_large_is_refused_locally() -> (
+    None
+):
+    factory = Factory()
+    producer = wrapper(factory, TopicLimit(limit=2000), max_body_bytes=1024 * 1024)
+    await producer.start()
+    kwargs = factory.made[0].kwargs
+    assert (kwargs["max_request_size"], kwargs["max_batch_size"]) == (2000, 2000)
+
+    with pytest.raises(RecordTooLarge):
+        await producer.produce(TOPIC, b"x" * 2001, None, [])
+    assert await producer.produce(TOPIC, b"{}", None, []) == Delivery(0, 0)
+    assert len(factory.made) == 1  # refused before a sequence number: nothing to replace
+    await producer.stop()
+
+
+async def test_an_unexpected_error_while_connecting_is_retried_and_stop_does_not_raise_it() -> None:
+    factory = Factory()
+    limit = TopicLimit(failures=2)
+    producer = wrapper(factory, limit)
+    await producer.start()
+    await produce_until_delivered(producer)
+
+    assert limit.reads == 3
+    await producer.stop()
+
+
+async def producer_ready(producer: KafkaRecordProducer) -> bool:
+    # The stand-in has no client to refresh metadata with: readiness up to that point.
+    return producer._producer is not None and producer._failures < FAILURES_BEFORE_REPLACING
 
 
 async def test_a_producer_whose_sender_died_is_replaced_and_produce_works_again() -> None:

@@ -1,0 +1,43 @@
+"""Reading a topic's configuration with the admin client (which never creates a topic)."""
+
+from __future__ import annotations
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from common.kafka import KafkaConnectionSettings
+
+MAX_MESSAGE_BYTES = "max.message.bytes"
+
+
+class TopicConfigUnavailable(Exception):
+    """The broker answered, but not with the topic's configuration (e.g. the topic does not exist)."""
+
+
+async def max_message_bytes(kafka: KafkaConnectionSettings, topic: str, *, timeout_ms: int = 10_000) -> int:
+    """The largest record batch the broker stores on `topic` (its effective `max.message.bytes`).
+
+    Raises `TopicConfigUnavailable` when the topic is missing or its configuration cannot be read,
+    and aiokafka's `KafkaError` (or `OSError`) when the cluster cannot be reached.
+    """
+    admin = AIOKafkaAdminClient(**kafka.aiokafka_kwargs(), request_timeout_ms=timeout_ms)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs={MAX_MESSAGE_BYTES: None})]
+        )
+    finally:
+        await admin.close()
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            if resource["resource_name"] != topic:
+                continue
+            if resource["error_code"]:
+                raise TopicConfigUnavailable(
+                    f"cannot read the configuration of topic {topic!r} (error {resource['error_code']}: "
+                    f"{resource['error_message'] or 'does the topic exist?'})"
+                )
+            for entry in resource["config_entries"]:
+                if entry["config_names"] == MAX_MESSAGE_BYTES and entry["config_value"] is not None:
+                    return int(entry["config_value"])
+    raise TopicConfigUnavailable(f"the broker did not report {MAX_MESSAGE_BYTES} of topic {topic!r}")
