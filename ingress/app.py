@@ -7,9 +7,12 @@ one produce, and every status it can answer is visible in `WebhookEndpoint.handl
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import time
+import traceback
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -38,6 +41,11 @@ HEADER_CONTENT_TYPE = "content-type"
 
 JSON_TYPE = b"application/json"
 MAX_WEBHOOK_ID_BYTES = 256
+# Longer values are junk: they would bloat every log line and record header (and the record).
+MAX_EVENT_NAME_CHARS = 128
+MAX_CONTENT_TYPE_BYTES = 256
+MAX_CONTENT_LENGTH_DIGITS = 18  # more is over any limit (and int() of 5000 digits would raise)
+INTERNAL_ERROR = b'{"error":"internal error"}'
 log = structlog.get_logger("ingress")
 
 
@@ -89,9 +97,22 @@ def parse_object(body: bytes) -> dict[str, Any]:
         raise InvalidBody(f"malformed JSON at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise InvalidBody("JSON nested too deeply") from None
+    except InvalidBody:
+        raise
+    except ValueError:
+        # An integer literal past Python's int conversion limit (4300 digits).
+        raise InvalidBody("JSON number too long") from None
     if not isinstance(document, dict):
         raise InvalidBody("body is JSON but not an object")
     return document
+
+
+def _utf8(text: str) -> bytes | None:
+    """`text` as UTF-8, or None when it cannot be (JSON allows lone surrogates such as `"\\ud800"`)."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 def _identifier(block: object) -> bytes | None:
@@ -99,9 +120,9 @@ def _identifier(block: object) -> bytes | None:
         return None
     ident = block.get("id")
     if isinstance(ident, str) and ident:
-        return ident.encode()
+        return _utf8(ident)
     if isinstance(ident, int) and not isinstance(ident, bool):
-        return str(ident).encode()
+        return str(ident).encode()  # parse_object refused integers too long to convert
     return None
 
 
@@ -111,10 +132,12 @@ def record_key(document: dict[str, Any]) -> bytes | None:
 
 
 def event_name(document: dict[str, Any]) -> str | None:
-    """`meta.eventName` when the body has one (not every event does)."""
+    """`meta.eventName` when the body has a sane one (at most 128 characters, UTF-8 encodable)."""
     meta = document.get("meta")
     name = meta.get("eventName") if isinstance(meta, dict) else None
-    return name if isinstance(name, str) else None
+    if isinstance(name, str) and len(name) <= MAX_EVENT_NAME_CHARS and _utf8(name) is not None:
+        return name
+    return None
 
 
 def random_uuid() -> str:
@@ -128,11 +151,17 @@ def random_uuid() -> str:
 
 def webhook_id(given: bytes | None) -> str:
     """The sender's `webhook-id` when it is a sane token, else a fresh one."""
-    if given and len(given) <= MAX_WEBHOOK_ID_BYTES and given.isascii():
-        text = given.decode("ascii")
-        if text.isprintable() and " " not in text:
-            return text
+    if given is not None and valid_webhook_id(given):
+        return given.decode("ascii")
     return random_uuid()
+
+
+def valid_webhook_id(given: bytes) -> bool:
+    """True for a non-empty printable ASCII token of at most 256 bytes, without spaces."""
+    if not (given and len(given) <= MAX_WEBHOOK_ID_BYTES and given.isascii()):
+        return False
+    text = given.decode("ascii")
+    return text.isprintable() and " " not in text
 
 
 _second_formatted: tuple[int, str] = (-1, "")
@@ -153,6 +182,14 @@ def received_at(now: float | None = None) -> str:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _second_formatted = (second, prefix)
     return f"{prefix}.{millis:03d}Z"
+
+
+def _where(exc: BaseException) -> str:
+    """`Type at file:line` of the innermost frame: enough to find a bug, without the message (which
+    may quote the body)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    place = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}{place}"
 
 
 def _json(payload: object) -> bytes:
@@ -198,6 +235,7 @@ class WebhookEndpoint:
         self._topic = settings.raw_topic
         self._topic_json = _json_string(settings.raw_topic)
         self._max_body = settings.max_body_bytes
+        self._body_timeout = settings.body_read_timeout_seconds
         unauthorized: RawHeaders = []
         if authenticator.challenges_basic:
             unauthorized.append((b"www-authenticate", BASIC_REALM.encode()))
@@ -205,7 +243,7 @@ class WebhookEndpoint:
         self._retry_after: RawHeaders = [(b"retry-after", str(settings.retry_after_seconds).encode())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer one request, count it and write its log line."""
+        """Answer one request, count it and write its log line; never let an exception pass as an answer."""
         started = time.perf_counter()
         headers: dict[bytes, bytes] = dict(scope["headers"])
         context: dict[str, Any] = {"size": 0, "webhook_id": None, "event_name": None}
@@ -214,9 +252,24 @@ class WebhookEndpoint:
         except ClientDisconnected:
             log.info("webhook_client_disconnected", size=context["size"])
             return
+        except asyncio.CancelledError:
+            # The graceful shutdown ran out: tell the sender to retry rather than leave uvicorn's 500.
+            answer = self._unavailable("cancelled: graceful shutdown timed out")
+            answer.headers = [*answer.headers, (b"connection", b"close")]
+            with contextlib.suppress(Exception):
+                await respond(send, answer.status, answer.body, JSON_TYPE, answer.headers)
+            self._count_and_log(answer, context, started)
+            raise
+        except Exception as exc:
+            # A bug of ours: a JSON 500 with our log line, never a 4xx and never a fake 503 outage.
+            context["error"] = _where(exc)
+            answer = Answer(500, INTERNAL_ERROR, [(b"connection", b"close")], "internal error")
         await respond(send, answer.status, answer.body, JSON_TYPE, answer.headers)
+        self._count_and_log(answer, context, started)
+
+    def _count_and_log(self, answer: Answer, context: dict[str, Any], started: float) -> None:
         self._metrics.count_request(answer.status)
-        log.info(
+        (log.error if answer.status >= 500 and "error" in context else log.info)(
             "webhook",
             status=answer.status,
             size=context["size"],
@@ -224,6 +277,7 @@ class WebhookEndpoint:
             webhook_id=context["webhook_id"],
             event_name=context["event_name"],
             reason=answer.reason,
+            **({"error": context["error"]} if "error" in context else {}),
         )
 
     def _reject(
@@ -235,12 +289,19 @@ class WebhookEndpoint:
     async def handle(self, headers: dict[bytes, bytes], receive: Receive, context: dict[str, Any]) -> Answer:
         """The checks, in order: size, authentication, content type, JSON shape; then produce."""
         declared = headers.get(b"content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                return self._reject(400, "invalid Content-Length")
-            if int(declared) > self._max_body:
+        # The server already refused a malformed Content-Length (400); the body read enforces the limit.
+        if declared is not None and declared.isdigit():
+            if len(declared) > MAX_CONTENT_LENGTH_DIGITS or int(declared) > self._max_body:
                 return self._too_large()
-        body = await self._read_body(receive, context)
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                body = await self._read_body(receive, context)
+        except TimeoutError:
+            return self._reject(
+                408,
+                f"body not received within {self._body_timeout:g} s",
+                [(b"connection", b"close")],
+            )
         if body is None:
             return self._too_large()
 
@@ -249,35 +310,40 @@ class WebhookEndpoint:
         except AuthenticationFailed as exc:
             return self._reject(401, "unauthorized", self._unauthorized_headers, log_reason=str(exc))
 
-        if not is_json_media_type(headers.get(b"content-type")):
+        content_type = headers.get(b"content-type")
+        if not is_json_media_type(content_type) or len(content_type or b"") > MAX_CONTENT_TYPE_BYTES:
             return self._reject(415, "Content-Type must be application/json")
+        assert content_type is not None
         try:
             document = parse_object(body)
         except InvalidBody as exc:
             return self._reject(400, str(exc))
 
-        ident = webhook_id(headers.get(WEBHOOK_ID))
+        given_id = headers.get(WEBHOOK_ID)
+        ident = webhook_id(given_id)
         name = event_name(document)
         context["webhook_id"], context["event_name"] = ident, name
+        # Everything of ours is computed before the produce: a bug here is a 500, not a Kafka outage.
+        key = record_key(document)
         record_headers = [
             (HEADER_WEBHOOK_ID, ident.encode()),
             (HEADER_RECEIVED_AT, received_at().encode()),
-            (HEADER_CONTENT_TYPE, headers[b"content-type"]),
+            (HEADER_CONTENT_TYPE, content_type),
         ]
         if name is not None:
             record_headers.append((HEADER_EVENT_NAME, name.encode()))
 
         produce_started = time.perf_counter()
         try:
-            delivery = await self._producer.produce(self._topic, body, record_key(document), record_headers)
+            delivery = await self._producer.produce(self._topic, body, key, record_headers)
         except ProduceFailed as exc:
             return self._unavailable(str(exc))
         except RecordTooLarge as exc:
             # Refused before it took a sequence number; no retry would store it.
             return self._reject(413, "body too large for the Kafka topic", log_reason=str(exc))
         except Exception as exc:
-            # Whatever broke, Kafka may not have the body: the sender must retry, never be told "done".
-            log.exception("produce_crashed")
+            # Whatever broke in the producer, Kafka may not have the body: the sender must retry.
+            context["error"] = _where(exc)
             return self._unavailable(f"produce failed: {type(exc).__name__}")
         finally:
             self._metrics.produce_seconds.observe(time.perf_counter() - produce_started)
@@ -289,7 +355,9 @@ class WebhookEndpoint:
             delivery.partition,
             delivery.offset,
         )
-        return Answer(202, accepted, [])
+        # A signed id is replaced only when it is no sane token: say so, the sender's id is lost.
+        note = "webhook-id replaced" if given_id is not None and ident.encode() != given_id else None
+        return Answer(202, accepted, [], note)
 
     def _too_large(self) -> Answer:
         # Closing the connection spares us reading (and the client sending) the rest of the body.

@@ -16,7 +16,9 @@ WEBHOOK_RESPONSES: dict[int, str] = {
     401: "Neither HTTP Basic credentials nor a Standard Webhooks signature admitted the request.",
     413: "The body is larger than INGRESS_MAX_BODY_BYTES (default 1 MiB), or too large (with the "
     "record's key and headers) for the raw topic's max.message.bytes. Retrying does not help.",
+    408: "The body did not arrive within INGRESS_BODY_READ_TIMEOUT_SECONDS; the connection is closed.",
     415: "The content type is not application/json (or application/*+json).",
+    500: "A bug of ours; nothing is promised, retry later. The connection is closed.",
     503: "Kafka did not acknowledge within INGRESS_PRODUCE_TIMEOUT_SECONDS or cannot be reached. "
     "Nothing is promised: retry after the Retry-After seconds.",
 }

@@ -40,6 +40,12 @@ class IngressSettings(BaseSettings):
     produce_timeout_seconds: float = Field(
         5.0, gt=0, description="How long to wait for Kafka's acknowledgement before answering 503."
     )
+    body_read_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long a client may take to send its body; slower gets 408 and the connection "
+        "closed. Part of the graceful shutdown period (this plus the produce timeout plus 2 s).",
+    )
     retry_after_seconds: int = Field(10, ge=0, description="`Retry-After` sent with a 503.")
     linger_ms: int = Field(
         0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, MutableMapping
@@ -10,10 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from ingress.app import IngressApp, create_app, is_json_media_type, received_at, webhook_id
 from ingress.openapi import WEBHOOK_RESPONSES
-from ingress.producer import ProduceFailed
+from ingress.producer import Delivery, ProduceFailed
 from tests.support.ingress_harness import (
     JSON,
     RecordingProducer,
@@ -308,6 +310,12 @@ async def test_every_status_the_endpoint_answers_is_documented(
     }
     producer.failure = ProduceFailed("down")
     seen.add((await post(client, sample_body)).status_code)
+    producer.failure = None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("ingress.app.record_key", crash)
+        seen.add((await post(client, sample_body)).status_code)
+    slow = create_app(ingress_settings(body_read_timeout_seconds=0.05), producer=producer)
+    seen.add((await call(slow, webhook_scope([]), stalled_body))[0]["status"])
 
     assert seen == set(WEBHOOK_RESPONSES)
 
@@ -402,3 +410,136 @@ async def test_the_202_body_is_the_json_of_id_topic_partition_offset_exactly(
             separators=(",", ":"),
         ).encode()
     )
+
+
+def crash(*_: object) -> None:
+    raise RuntimeError("a bug of ours")
+
+
+async def stalled_body() -> dict[str, Any]:
+    """A client that sent the headers and then nothing more (bounded: the test's timeout ends it)."""
+    await asyncio.sleep(60)
+    return {"type": "http.disconnect"}
+
+
+async def test_a_bug_of_ours_gets_a_json_500_with_its_log_line_and_metric(
+    app: IngressApp, client: httpx.AsyncClient, producer: RecordingProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ingress.app.record_key", crash)
+
+    with structlog.testing.capture_logs() as logs:
+        response = await post(client, b'{"user":{"id":"usr_secret_body_value"}}')
+
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error"}
+    assert response.headers["connection"] == "close"
+    assert producer.records == []
+    [line] = [entry for entry in logs if entry["event"] == "webhook"]
+    assert line["status"] == 500
+    assert line["error"].startswith("RuntimeError at test_ingress_app.py:")
+    assert "usr_secret_body_value" not in str(logs)
+    assert 'ingress_requests_total{status="500"} 1.0' in app.metrics.exposition().decode()
+
+
+async def test_a_body_not_received_within_the_timeout_gets_408_and_the_connection_closes(
+    producer: RecordingProducer,
+) -> None:
+    app = create_app(ingress_settings(body_read_timeout_seconds=0.05), producer=producer)
+
+    sent = await call(
+        app, webhook_scope([(b"authorization", basic_auth()["authorization"].encode())]), stalled_body
+    )
+
+    assert sent[0]["status"] == 408
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert producer.records == []
+
+
+async def test_a_request_cancelled_by_the_shutdown_gets_503_with_retry_after_and_is_still_cancelled(
+    app: IngressApp, producer: RecordingProducer
+) -> None:
+    produced = asyncio.Event()
+
+    async def produce_forever(*_: object) -> Delivery:
+        produced.set()
+        await asyncio.sleep(60)
+        raise AssertionError("not cancelled")
+
+    producer.produce = produce_forever  # type: ignore[method-assign,assignment]
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    scope = webhook_scope(
+        [(b"content-type", b"application/json"), (b"authorization", basic_auth()["authorization"].encode())]
+    )
+    task = asyncio.create_task(app(scope, receive, send))
+    await asyncio.wait_for(produced.wait(), 10)
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sent[0]["status"] == 503
+    assert (b"retry-after", b"7") in sent[0]["headers"]
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "name"),
+    [
+        (b'{"user":{"id":"\\udfff"},"meta":{"eventName":"e"}}', None, b"e"),
+        (b'{"user":{"id":"\\ud800x"},"attempt":{"id":"att_1"}}', b"att_1", None),
+        (b'{"user":{"id":"u"},"meta":{"eventName":"\\ud800"}}', b"u", None),
+        (b'{"user":{"id":"u"},"meta":{"eventName":"' + b"e" * 129 + b'"}}', b"u", None),
+        (b'{"user":{"id":"u"},"meta":{"eventName":"' + b"e" * 128 + b'"}}', b"u", b"e" * 128),
+    ],
+)
+async def test_unencodable_or_overlong_ids_and_event_names_count_as_absent(
+    client: httpx.AsyncClient, producer: RecordingProducer, body: bytes, key: bytes | None, name: bytes | None
+) -> None:
+    response = await post(client, body)
+
+    assert response.status_code == 202
+    [record] = producer.records
+    assert record.value == body
+    assert record.key == key
+    assert record.headers.get("event-name") == name
+
+
+async def test_an_integer_too_long_for_python_gets_400(producer: RecordingProducer) -> None:
+    app = create_app(ingress_settings(max_body_bytes=64 * 1024), producer=producer)
+    async with client_for(app) as client:
+        response = await post(client, b'{"a":' + b"1" * 5000 + b"}")
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "JSON number too long"}
+    assert producer.records == []
+
+
+async def test_an_overlong_content_type_gets_415(
+    client: httpx.AsyncClient, producer: RecordingProducer
+) -> None:
+    content_type = "application/json; x=" + "a" * 300
+
+    response = await post(client, b"{}", {"content-type": content_type, **basic_auth()})
+
+    assert response.status_code == 415
+    assert producer.records == []
+
+
+@pytest.mark.parametrize("given", ["i" * 257, "has space"])
+async def test_a_signed_webhook_id_that_is_replaced_is_logged_as_replaced(
+    client: httpx.AsyncClient, producer: RecordingProducer, given: str
+) -> None:
+    body = b'{"n":1}'
+
+    with structlog.testing.capture_logs() as logs:
+        response = await post(client, body, {**JSON, **signed(body, msg_id=given)})
+
+    assert response.status_code == 202
+    assert response.json()["webhookId"] != given
+    [line] = [entry for entry in logs if entry["event"] == "webhook"]
+    assert line["reason"] == "webhook-id replaced"
