@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 from collections.abc import Iterator
 
@@ -14,7 +15,7 @@ from common.logging import configure_logging
 from ingress.app import IngressApp, create_app
 from ingress.producer import KafkaRecordProducer
 from ingress.settings import IngressSettings
-from ingress.transport import OneWriteHttpToolsProtocol
+from ingress.transport import http_protocol
 
 log = structlog.get_logger("ingress")
 
@@ -39,27 +40,44 @@ def build_producer(settings: IngressSettings) -> KafkaRecordProducer:
     )
 
 
-async def run_server(app: IngressApp, settings: IngressSettings) -> None:
-    """Serve the app until SIGTERM or SIGINT, then finish the requests in flight."""
-    config = uvicorn.Config(
+def graceful_shutdown_seconds(settings: IngressSettings) -> int:
+    """Long enough for a request that just started: its body, its produce, and a margin."""
+    return math.ceil(settings.body_read_timeout_seconds + settings.produce_timeout_seconds) + 2
+
+
+def server_config(app: IngressApp, settings: IngressSettings) -> uvicorn.Config:
+    """uvicorn's settings for the app: protocol, limits, timeouts; no logging or signals of its own."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="none",  # the running loop (uvloop, see main) is the one the producer lives on
-        # httptools, with each answer's head and body leaving in one write (see ingress/transport.py).
-        http=OneWriteHttpToolsProtocol,
+        # httptools, headers bounded, each answer's head and body in one write (ingress/transport.py).
+        http=http_protocol(settings.http_impl, settings.max_header_bytes),
+        limit_concurrency=settings.limit_concurrency,
         ws="none",  # the app serves no WebSocket; nothing to upgrade to
         lifespan="off",
         access_log=False,  # our own line per request carries what matters and nothing personal
         log_config=None,
         server_header=False,
         proxy_headers=False,  # nothing here uses the client address; skips a middleware per request
-        timeout_graceful_shutdown=int(settings.produce_timeout_seconds) + 5,
+        timeout_graceful_shutdown=graceful_shutdown_seconds(settings),
     )
-    server = _Server(config)
+
+
+def _on_signal(server: uvicorn.Server) -> None:
+    if server.should_exit:
+        log.warning("forced_exit", hint="second signal: not waiting for the requests in flight")
+        server.force_exit = True
+    server.should_exit = True
+
+
+async def run_server(app: IngressApp, settings: IngressSettings) -> None:
+    """Serve the app until SIGTERM or SIGINT, then finish the requests in flight; a second signal exits."""
+    server = _Server(server_config(app, settings))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, setattr, server, "should_exit", True)
+        loop.add_signal_handler(sig, _on_signal, server)
     try:
         await server.serve()
     finally:

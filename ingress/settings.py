@@ -46,6 +46,23 @@ class IngressSettings(BaseSettings):
         description="How long a client may take to send its body; slower gets 408 and the connection "
         "closed. Part of the graceful shutdown period (this plus the produce timeout plus 2 s).",
     )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="Largest request line plus headers; larger gets 431 and the connection closed.",
+    )
+    limit_concurrency: int = Field(
+        256,
+        ge=1,
+        description="Most connections (and requests in progress) at once; beyond it uvicorn answers 503 "
+        "(text/plain). Each may hold up to INGRESS_MAX_BODY_BYTES of body in memory.",
+    )
+    http_impl: Literal["one-write", "httptools"] = Field(
+        "one-write",
+        description="`one-write`: uvicorn's httptools protocol writing each answer in one write "
+        "(ingress/transport.py); `httptools`: uvicorn's own writes, if that layer misbehaves. Both keep "
+        "the header limit.",
+    )
     retry_after_seconds: int = Field(10, ge=0, description="`Retry-After` sent with a 503.")
     linger_ms: int = Field(
         0,

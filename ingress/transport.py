@@ -9,14 +9,21 @@ server's CPU per request by about 15 % and the client's by half.
 real transport as one write at the start of the next turn (`loop.call_soon`). Nothing is reordered
 or dropped: `close()` writes what is pending first. `OneWriteHttpToolsProtocol` is uvicorn's
 protocol over that transport, passed as `uvicorn.Config(http=...)`.
+
+`HeadLimitedHttpToolsProtocol` (which the one-write protocol extends) bounds the request line and
+headers: httptools itself accepts any amount. Above the limit the client gets 431 and the
+connection is closed. `http_protocol(...)` builds the class `uvicorn.Config(http=...)` takes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+HttpImpl = Literal["one-write", "httptools"]
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -90,8 +97,110 @@ class CoalescingTransport(asyncio.Transport):
         return self._transport.get_write_buffer_limits()
 
 
-class OneWriteHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing through a `CoalescingTransport`."""
+class HeadTooLarge(Exception):
+    """The request line and headers passed the limit."""
+
+
+class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a limit on the bytes of the request line and headers.
+
+    Two counts, either of which refuses: the exact bytes of the URL and of each complete header
+    (many headers in one read), and the bytes of reads that arrive entirely while a head is being
+    parsed (one endless header, which httptools keeps in memory until it ends).
+    """
+
+    max_head_bytes = 16 * 1024
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._in_head = True
+        self._heads_done = 0
+        self._head_bytes = 0  # exact: URL and headers of the current request
+        self._head_reads = 0  # reads spent entirely in the current head
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        was_in_head, heads_done = self._in_head, self._heads_done
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, HeadTooLarge):
+                self._refuse_head()
+            else:
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserError:
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            # No WebSocket here (ws="none"): uvicorn only warns, as it does.
+            if self._should_upgrade():  # pragma: no cover
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if was_in_head and self._in_head and heads_done == self._heads_done:
+            self._head_reads += len(data)
+            if self._head_reads > self.max_head_bytes:
+                self._refuse_head()
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._heads_done += 1
+        self._head_reads = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.max_head_bytes:
+            raise HeadTooLarge
+
+    def _refuse_head(self) -> None:
+        if self.transport.is_closing():
+            return
+        self.logger.warning("Request headers over %d bytes: 431", self.max_head_bytes)
+        message = b"Request Header Fields Too Large"
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[431],
+                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-length: %d\r\n" % len(message),
+                    b"connection: close\r\n\r\n",
+                    message,
+                ]
+            )
+        )
+        self.transport.close()
+
+
+class OneWriteHttpToolsProtocol(HeadLimitedHttpToolsProtocol):
+    """uvicorn's httptools protocol (head limited), writing through a `CoalescingTransport`."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, asyncio.get_running_loop()))
+
+
+def http_protocol(impl: HttpImpl, max_head_bytes: int) -> type[HeadLimitedHttpToolsProtocol]:
+    """The protocol class for `uvicorn.Config(http=...)`: one write per answer, or uvicorn's writes."""
+    base = OneWriteHttpToolsProtocol if impl == "one-write" else HeadLimitedHttpToolsProtocol
+    return type(base.__name__, (base,), {"max_head_bytes": max_head_bytes})
