@@ -268,6 +268,7 @@ class InFlightBatch(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Called by aiokafka after a rebalance."""
         self._on_assigned()
+        self._metrics.assignments.inc()
         self._metrics.assigned_partitions.set(len(assigned))
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 

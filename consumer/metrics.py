@@ -26,6 +26,7 @@ class ConsumerMetrics:
     commit_failures: Counter
     batch_failures: Counter
     assigned_partitions: Gauge
+    assignments: Counter
     consume_task_crashes: Gauge
     batches_dropped: Counter
     gap_rewinds: Counter
@@ -97,6 +98,11 @@ class ConsumerMetrics:
             assigned_partitions=Gauge(
                 f"{PREFIX}_assigned_partitions",
                 "Raw-topic partitions assigned to this process.",
+                registry=registry,
+            ),
+            assignments=Counter(
+                f"{PREFIX}_partition_assignments",
+                "Partition assignments received (one per rebalance this process took part in).",
                 registry=registry,
             ),
             consume_task_crashes=Gauge(
