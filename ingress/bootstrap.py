@@ -91,6 +91,8 @@ async def serve(settings: IngressSettings) -> None:
         log.warning(
             "authentication_disabled", hint="INGRESS_ALLOW_UNAUTHENTICATED=true: local development only"
         )
+    if settings.weak_basic_password:
+        log.warning("weak_basic_password", hint="use at least 16 random characters")
     log.info(
         "ingress_starting",
         port=settings.port,

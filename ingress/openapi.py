@@ -12,15 +12,24 @@ from typing import Any
 # Every status `POST /webhooks` can answer, with what it means for the sender.
 WEBHOOK_RESPONSES: dict[int, str] = {
     202: "Kafka acknowledged the body (acks=all); it is stored on the raw topic.",
-    400: "The body is not UTF-8 JSON, not a JSON object, or Content-Length is invalid.",
+    400: "The body is not UTF-8 JSON, not a JSON object, or has an integer too long to read. "
+    "(A request the HTTP parser cannot read, e.g. an invalid Content-Length, gets uvicorn's 400 in "
+    "text/plain, and the connection is closed.)",
     401: "Neither HTTP Basic credentials nor a Standard Webhooks signature admitted the request.",
     413: "The body is larger than INGRESS_MAX_BODY_BYTES (default 1 MiB), or too large (with the "
     "record's key and headers) for the raw topic's max.message.bytes. Retrying does not help.",
     408: "The body did not arrive within INGRESS_BODY_READ_TIMEOUT_SECONDS; the connection is closed.",
     415: "The content type is not application/json (or application/*+json).",
     500: "A bug of ours; nothing is promised, retry later. The connection is closed.",
-    503: "Kafka did not acknowledge within INGRESS_PRODUCE_TIMEOUT_SECONDS or cannot be reached. "
-    "Nothing is promised: retry after the Retry-After seconds.",
+    503: "Kafka did not acknowledge within INGRESS_PRODUCE_TIMEOUT_SECONDS or cannot be reached, or the "
+    "server is shutting down. Nothing is promised: retry after the Retry-After seconds. (Beyond "
+    "INGRESS_LIMIT_CONCURRENCY connections, uvicorn answers 503 in text/plain without Retry-After.)",
+}
+
+# Answered by the HTTP server before the app sees the request (text/plain, connection closed).
+SERVER_RESPONSES: dict[int, str] = {
+    431: "The request line and headers are larger than INGRESS_MAX_HEADER_BYTES (default 16 KiB). "
+    "text/plain; the connection is closed.",
 }
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -34,7 +43,7 @@ def _error_response(status: int) -> dict[str, Any]:
     if status == 401:
         response["headers"] = {
             "WWW-Authenticate": {
-                "description": '`Basic realm="exam-events"` when HTTP Basic is configured.',
+                "description": '`Basic realm="exam-events", charset="UTF-8"` when HTTP Basic is configured.',
                 "schema": {"type": "string"},
             }
         }
@@ -54,6 +63,13 @@ def openapi_document() -> dict[str, Any]:
         }
     }
     responses.update({str(status): _error_response(status) for status in WEBHOOK_RESPONSES if status != 202})
+    responses.update(
+        {
+            str(status): {"description": text, "content": {"text/plain": {"schema": {"type": "string"}}}}
+            for status, text in SERVER_RESPONSES.items()
+        }
+    )
+    responses = dict(sorted(responses.items()))
     signature_headers = [
         {
             "name": "webhook-id",
@@ -116,6 +132,14 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "The producer is connected and has fresh metadata",
                     "security": [],
                     "responses": {"200": {"description": "Ready."}, "503": {"description": "Not ready."}},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This OpenAPI document",
+                    "security": [],
+                    "responses": {"200": {"description": "The document (JSON)."}},
                 }
             },
             "/metrics": {

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from common.kafka import KafkaConnectionSettings
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+MIN_STRONG_PASSWORD_CHARS = 16
 SECRET_PREFIX = "whsec_"  # noqa: S105  # a format marker, not a secret
 
 
@@ -23,8 +24,14 @@ class IngressSettings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Address to listen on.")  # noqa: S104  # a container's port
     port: int = Field(8080, ge=1, le=65535, description="TCP port to listen on.")
-    basic_auth_username: str | None = Field(None, description="HTTP Basic user name the sender uses.")
-    basic_auth_password: SecretStr | None = Field(None, description="HTTP Basic password (never logged).")
+    basic_auth_username: str | None = Field(
+        None, min_length=1, description="HTTP Basic user name the sender uses (no `:`, RFC 7617)."
+    )
+    basic_auth_password: SecretStr | None = Field(
+        None,
+        min_length=1,
+        description="HTTP Basic password (never logged); a warning at start when shorter than 16 characters.",
+    )
     signing_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         (),
         description="Standard Webhooks secrets `whsec_<base64>`, comma separated; several allow rotation.",
@@ -80,6 +87,15 @@ class IngressSettings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("basic_auth_username")
+    @classmethod
+    def _username_without_colon(cls, value: str | None) -> str | None:
+        if value is not None and ":" in value:
+            raise ValueError(
+                "INGRESS_BASIC_AUTH_USERNAME must not contain ':' (HTTP Basic could never match)"
+            )
+        return value
+
     @field_validator("signing_secrets", mode="before")
     @classmethod
     def _split_secrets(cls, value: object) -> object:
@@ -112,6 +128,12 @@ class IngressSettings(BaseSettings):
     def basic_auth_configured(self) -> bool:
         """True when HTTP Basic credentials are set."""
         return self.basic_auth_username is not None and self.basic_auth_password is not None
+
+    @property
+    def weak_basic_password(self) -> bool:
+        """True when the Basic password is shorter than 16 characters (logged as a warning at start)."""
+        password = self.basic_auth_password
+        return password is not None and len(password.get_secret_value()) < MIN_STRONG_PASSWORD_CHARS
 
     @property
     def signing_keys(self) -> tuple[bytes, ...]:

@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 from ingress.app import IngressApp, create_app, is_json_media_type, received_at, webhook_id
-from ingress.openapi import WEBHOOK_RESPONSES
+from ingress.openapi import SERVER_RESPONSES, WEBHOOK_RESPONSES
 from ingress.producer import Delivery, ProduceFailed
 from tests.support.ingress_harness import (
     JSON,
@@ -370,7 +370,9 @@ async def test_wrong_methods_and_unknown_paths_are_refused(
 async def test_the_openapi_document_is_served(client: httpx.AsyncClient) -> None:
     document = (await client.get("/openapi.json")).json()
 
-    assert set(document["paths"]["/webhooks"]["post"]["responses"]) == {str(s) for s in WEBHOOK_RESPONSES}
+    documented = {str(s) for s in [*WEBHOOK_RESPONSES, *SERVER_RESPONSES]}
+    assert set(document["paths"]["/webhooks"]["post"]["responses"]) == documented
+    assert "/openapi.json" in document["paths"]
 
 
 @pytest.mark.parametrize("now", [0.0, 1_781_429_412.4815, 1_781_429_412.999_9, 1_781_429_413.0005])

@@ -106,3 +106,21 @@ def test_kafka_connection_comes_from_the_shared_kafka_variables(monkeypatch: pyt
     settings = IngressSettings()
 
     assert settings.kafka.bootstrap_list == ["kafka-1:9092", "kafka-2:9092"]
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "problem"),
+    [
+        ("", "long enough password", "at least 1"),
+        ("u", "", "at least 1"),
+        ("a:b", "long enough password", "':'"),
+    ],
+)
+def test_an_empty_basic_credential_or_a_username_with_a_colon_is_refused(
+    monkeypatch: pytest.MonkeyPatch, username: str, password: str, problem: str
+) -> None:
+    monkeypatch.setenv("INGRESS_BASIC_AUTH_USERNAME", username)
+    monkeypatch.setenv("INGRESS_BASIC_AUTH_PASSWORD", password)
+
+    with pytest.raises(ValidationError, match=problem):
+        IngressSettings()
