@@ -23,7 +23,7 @@ from tests.support.ingress_harness import (
     signed,
 )
 
-MAX_BODY = 2048
+MAX_BODY = 8192  # room for integer literals past 4300 digits
 RawHeaders = list[tuple[bytes, bytes]]
 CREDENTIAL_NAMES = {
     b"authorization",
@@ -58,8 +58,15 @@ async def target(kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]])
         await producer.stop()
 
 
+# Strings include lone surrogates (valid JSON escapes, not encodable as UTF-8) and long ones.
+strings = (
+    st.text()
+    | st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3)
+    | st.integers(100, 2000).map(lambda n: "e" * n)
+)
+integers = st.integers() | st.integers(10**300, 10**400)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    st.none() | st.booleans() | integers | st.floats(allow_nan=False, allow_infinity=False) | strings,
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
     ),
@@ -84,6 +91,8 @@ bodies = st.one_of(
     valid_bodies,
     st.binary(max_size=256),
     valid_bodies.map(lambda b: b + b" " * MAX_BODY),
+    # Integer literals around Python's int conversion limit (4300 digits).
+    st.integers(4290, 4400).map(lambda n: b'{"a":' + b"1" * n + b"}"),
 )
 json_types = st.sampled_from([b"application/json", b"application/json; charset=utf-8", b"application/x+json"])
 content_types = st.one_of(
@@ -95,7 +104,7 @@ junk_headers = st.lists(
             [b"authorization", b"webhook-id", b"webhook-timestamp", b"webhook-signature", b"x-junk"]
         )
         | st.binary(min_size=1, max_size=20),
-        st.binary(max_size=200),
+        st.binary(max_size=200) | st.integers(1, 500).map(lambda n: b"9" * n),  # long "timestamps"
     ).filter(
         # The server frames the body, so its Content-Length always matches; a junk one would be a
         # different request (400 or 413, tested in the unit tests). Hypothesis finds the name among
