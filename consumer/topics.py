@@ -10,11 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from common.topics import MAX_MESSAGE_BYTES, describe_max_message_bytes
 from consumer.settings import ConsumerSettings
-
-MAX_MESSAGE_BYTES = "max.message.bytes"
 
 
 class TopicsNotReady(Exception):
@@ -52,12 +50,7 @@ async def check_topics(settings: ConsumerSettings, timeout_ms: int = 10_000) -> 
         sizes: dict[str, int] = {}
         topics = [settings.raw_topic, settings.dlq_topic, settings.unrouted_topic]
         if all(topic in existing for topic in topics):
-            resources = [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in dict.fromkeys(topics)]
-            for response in await admin.describe_configs(resources):
-                for resource in response.to_object()["resources"]:
-                    for entry in resource["config_entries"]:
-                        if entry["config_names"] == MAX_MESSAGE_BYTES and entry["config_value"] is not None:
-                            sizes[resource["resource_name"]] = int(entry["config_value"])
+            sizes = await describe_max_message_bytes(admin, topics)
     finally:
         await admin.close()
     found = problems(settings, existing, sizes)
