@@ -32,6 +32,9 @@ REDACTED_KEYS = frozenset(
     }
 )
 REDACTED = "[redacted]"
+# Loggers bind once on first use (cheaper per line). Tests turn this off: a cached logger would
+# bypass structlog.testing.capture_logs in every later test.
+CACHE_LOGGERS = True
 
 
 def redact_personal_data(
@@ -64,7 +67,7 @@ def configure_logging(service: str, level: str = "INFO", *, json: bool | None = 
         processors=[*shared, *final],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=CACHE_LOGGERS,
     )
     structlog.contextvars.bind_contextvars(service=service)
     # Libraries (aiokafka, faststream, uvicorn) log through stdlib: route them through the same renderer.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import common.logging
 from tests.support.broker import (
     LocalBroker,
     container_broker,
@@ -29,6 +30,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kafka)
         if "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _uncached_loggers() -> Iterator[None]:
+    """Every test's structlog.testing.capture_logs sees every logger, whatever ran before it."""
+    common.logging.CACHE_LOGGERS = False
+    yield
+    common.logging.CACHE_LOGGERS = True
 
 
 @pytest.fixture(scope="session")
