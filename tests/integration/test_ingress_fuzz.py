@@ -122,7 +122,8 @@ def requests(draw: st.DrawFn, *, well_formed: bool = False) -> tuple[RawHeaders,
     `well_formed` draws only credentialed JSON-object posts, whose fuzzed parts are the object and
     extra headers: the 202 path gets as many examples as the refusals.
     """
-    body = draw(valid_bodies if well_formed else bodies)
+    # Well-formed means storable too: a JSON object within the size limit (larger ones get 413).
+    body = draw(valid_bodies.filter(lambda b: len(b) <= MAX_BODY) if well_formed else bodies)
     kinds = (
         ["basic", "signature"]
         if well_formed
