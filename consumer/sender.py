@@ -11,6 +11,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
+from common.kafka import PRODUCER_STATE_ERRORS
 from consumer.plan import OutgoingRecord
 from consumer.settings import ConsumerSettings
 
@@ -46,9 +47,11 @@ class KafkaSender:
     each, which costs several times less CPU per record. Partitions are chosen exactly as aiokafka's
     default partitioner does (murmur2 of the key), so one learner's events share a partition.
 
-    aiokafka's producer is unusable once its sender task has ended (an OutOfOrderSequenceNumber, a
-    fenced producer, an unexpected delivery error): every later send re-raises the stored error. So
-    before each batch of sends a dead producer is closed and replaced by a new one, and `ping()`
+    aiokafka's producer is unusable once its sender task has ended (a fenced producer, an unexpected
+    delivery error): every later send re-raises the stored error. It is just as stuck, with its
+    sender task alive, after the broker answered a batch with an error about the producer's state
+    (OutOfOrderSequenceNumber after a broker restart, for one): every retry meets the same answer.
+    So before each batch of sends such a producer is closed and replaced by a new one, and `ping()`
     reports it as unreachable meanwhile.
     """
 
@@ -58,6 +61,7 @@ class KafkaSender:
         self._producer: Any = None
         self._started = False
         self._key_hashes: dict[bytes, int] = {}
+        self._state_error: BaseException | None = None  # set when a batch got a PRODUCER_STATE_ERROR
         self.replacements = 0
 
     async def start(self) -> None:
@@ -97,12 +101,16 @@ class KafkaSender:
             await producer.stop()
 
     async def _live_producer(self) -> Any:
-        """The producer, replaced first when its sender task has died."""
+        """The producer, replaced first when its sender task has died or its state was refused."""
         producer = self._producer
-        if producer is not None and is_dead(producer):
-            task = producer._sender.sender_task
-            error = None if task.cancelled() else task.exception()
-            log.error("the producer's sender task died; replacing the producer", error=repr(error)[:500])
+        if producer is not None and (is_dead(producer) or self._state_error is not None):
+            error: BaseException | None = self._state_error
+            why = "the broker refused the producer's state"
+            if error is None:
+                task = producer._sender.sender_task
+                error, why = (None if task.cancelled() else task.exception()), "the sender task died"
+            log.error(f"{why}; replacing the producer", error=repr(error)[:500])
+            self._state_error = None
             self._producer = None
             self.replacements += 1
             await self._close(producer)
@@ -134,16 +142,27 @@ class KafkaSender:
                 batch = producer.create_batch()
                 for record in queued:
                     if not _append(batch, record):
-                        futures.append(await producer.send_batch(batch, topic, partition=partition))
+                        futures.append(
+                            self._watched(await producer.send_batch(batch, topic, partition=partition))
+                        )
                         batch = producer.create_batch()
                         if not _append(batch, record):
                             raise PublishError(f"a record for {topic} is larger than a whole batch")
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                futures.append(self._watched(await producer.send_batch(batch, topic, partition=partition)))
         except Exception:
             # Collect what was already queued, so no future's error goes unretrieved.
             await asyncio.gather(*futures, return_exceptions=True)
             raise
         return futures
+
+    def _watched(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        future.add_done_callback(self._note_state_error)
+        return future
+
+    def _note_state_error(self, future: asyncio.Future[Any]) -> None:
+        """Remember a batch refused for the producer's state: the next attempt needs a new producer."""
+        if not future.cancelled() and isinstance(future.exception(), PRODUCER_STATE_ERRORS):
+            self._state_error = future.exception()
 
     def _partition(self, key: bytes | None, every: list[int], available: list[int]) -> int:
         """aiokafka's (and Java's) default partitioner: murmur2 of the key over every partition; without
@@ -159,7 +178,7 @@ class KafkaSender:
 
     async def ping(self, timeout: float) -> bool:
         """True when the producer is alive and a broker answers a metadata request within `timeout` s."""
-        if self._producer is None or is_dead(self._producer):
+        if self._producer is None or is_dead(self._producer) or self._state_error is not None:
             return False
         try:
             async with asyncio.timeout(timeout):

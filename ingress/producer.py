@@ -26,16 +26,9 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    InvalidProducerEpoch,
-    KafkaError,
-    MessageSizeTooLargeError,
-    OutOfOrderSequenceNumber,
-    ProducerFenced,
-    UnknownProducerId,
-)
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from common.kafka import KafkaConnectionSettings
+from common.kafka import PRODUCER_STATE_ERRORS, KafkaConnectionSettings
 from common.topics import max_message_bytes
 
 log = structlog.get_logger("ingress.producer")
@@ -49,7 +42,7 @@ RECORD_OVERHEAD_BYTES = 64 * 1024
 # Batches big enough for one record from each of many concurrent requests.
 MAX_BATCH_BYTES = 512 * 1024
 # Broker answers after which only a new producer (new id, sequence numbers from 0) can succeed.
-REPLACE_ON = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
+REPLACE_ON = PRODUCER_STATE_ERRORS
 # Other Kafka errors in a row (timeouts not counted) after which the producer is replaced anyway.
 FAILURES_BEFORE_REPLACING = 3
 

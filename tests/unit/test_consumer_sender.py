@@ -7,12 +7,13 @@ from collections import Counter
 from typing import Any, ClassVar
 
 import pytest
+from aiokafka.errors import NotLeaderForPartitionError, OutOfOrderSequenceNumber
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer.plan import OutgoingRecord
-from consumer.sender import KafkaSender, PublishError, is_dead
+from consumer.sender import KafkaSender, PublishError, is_dead, publish_all
 from consumer.settings import ConsumerSettings
 from handlers import RulesSettings
 
@@ -96,6 +97,7 @@ class FakeProducer:
         self.client = FakeClient()
         self.stopped = False
         self.sent = 0
+        self.refuse_with: BaseException | None = None  # the broker's answer to every batch, if any
         FakeProducer.made.append(self)
 
     async def start(self) -> None:
@@ -115,7 +117,10 @@ class FakeProducer:
             raise RuntimeError("stored error of the dead sender task")
         self.sent += 1
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        if self.refuse_with is not None:
+            done.set_exception(self.refuse_with)
+        else:
+            done.set_result(None)
         return done
 
 
@@ -139,6 +144,46 @@ async def test_a_producer_whose_sender_task_died_is_replaced_before_the_next_sen
     assert FakeProducer.made[1].sent == 1
     assert sender.replacements == 1
     assert await sender.ping(timeout=1.0)
+    await sender.stop()
+
+
+async def test_a_producer_whose_batches_are_refused_for_its_state_is_replaced_though_its_task_lives() -> None:
+    # After a broker restart, aiokafka fails such batches with OutOfOrderSequenceNumber but keeps its
+    # sender task running: retrying with the same producer would fail forever.
+    FakeProducer.made.clear()
+    sender = KafkaSender(SETTINGS, factory=FakeProducer)
+    await sender.start()
+    first = FakeProducer.made[0]
+    first.refuse_with = OutOfOrderSequenceNumber()
+
+    with pytest.raises(PublishError):
+        await publish_all(sender, [RECORD])
+    await asyncio.sleep(0)  # the done callbacks run
+    assert not is_dead(first)
+    assert not await sender.ping(timeout=1.0)  # refused state: not ready
+
+    await publish_all(sender, [RECORD])
+
+    assert len(FakeProducer.made) == 2
+    assert first.stopped
+    assert FakeProducer.made[1].sent == 1
+    assert sender.replacements == 1
+    assert await sender.ping(timeout=1.0)
+    await sender.stop()
+
+
+async def test_other_refusals_keep_the_producer() -> None:
+    FakeProducer.made.clear()
+    sender = KafkaSender(SETTINGS, factory=FakeProducer)
+    await sender.start()
+    FakeProducer.made[0].refuse_with = NotLeaderForPartitionError()
+
+    with pytest.raises(PublishError):
+        await publish_all(sender, [RECORD])
+    await asyncio.sleep(0)
+
+    assert await sender.ping(timeout=1.0)
+    assert len(FakeProducer.made) == 1
     await sender.stop()
 
 
