@@ -86,14 +86,19 @@ def webhooks(count: int) -> list[bytes]:
     ]
 
 
-async def fill(bootstrap: str, topic: str, bodies: list[bytes]) -> None:
-    producer = AIOKafkaProducer(
+def bench_producer(bootstrap: str) -> AIOKafkaProducer:
+    """The producer of the input and of the baseline: acks=all, idempotent, batches filled."""
+    return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
         max_batch_size=256 * 1024,
     )
+
+
+async def fill(bootstrap: str, topic: str, bodies: list[bytes]) -> None:
+    producer = bench_producer(bootstrap)
     await producer.start()
     try:
         futures = [await producer.send(topic, body) for body in bodies]
@@ -133,13 +138,7 @@ async def baseline(bootstrap: str, raw: str, out: str, total: int) -> Figures:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        max_batch_size=256 * 1024,
-    )
+    producer = bench_producer(bootstrap)
     await consumer.start()
     await producer.start()
     try:

@@ -110,6 +110,16 @@ class ConsumerSettings(BaseSettings):
         return 5 * self.retry_backoff_max_seconds
 
     @property
+    def body_topics(self) -> list[str]:
+        """Topics that carry whole webhook bodies: the raw topic, then the dead-letter and unrouted ones."""
+        return list(dict.fromkeys([self.raw_topic, self.dlq_topic, self.unrouted_topic]))
+
+    @property
+    def all_topics(self) -> list[str]:
+        """Every topic the consumer reads or writes, each once."""
+        return list(dict.fromkeys([self.raw_topic, *self.derived_topics.values(), *self.body_topics]))
+
+    @property
     def derived_topics(self) -> dict[str, str]:
         """Derived event type -> topic; the single place that decides where each type goes."""
         return {

@@ -23,14 +23,12 @@ def problems(
     settings: ConsumerSettings, existing: set[str], max_message_bytes: Mapping[str, int]
 ) -> list[str]:
     """What is wrong with the cluster's topics, one short sentence each (empty when nothing is)."""
-    wanted = [settings.raw_topic, *dict.fromkeys(settings.derived_topics.values())]
-    wanted += [settings.dlq_topic, settings.unrouted_topic]
-    missing = [topic for topic in dict.fromkeys(wanted) if topic not in existing]
+    missing = [topic for topic in settings.all_topics if topic not in existing]
     if missing:
         return [f"missing topics (create them, e.g. scripts/create-topics): {', '.join(missing)}"]
     raw_limit = max_message_bytes.get(settings.raw_topic)
     found = []
-    for topic in dict.fromkeys([settings.dlq_topic, settings.unrouted_topic]):
+    for topic in settings.body_topics[1:]:  # where raw records are copied
         limit = max_message_bytes.get(topic)
         # Raw records are copied byte for byte (plus headers): the copy must fit where the original did.
         if raw_limit is not None and limit is not None and limit < raw_limit:
@@ -48,9 +46,8 @@ async def check_topics(settings: ConsumerSettings, timeout_ms: int = 10_000) -> 
     try:
         existing = set(await admin.list_topics())
         sizes: dict[str, int] = {}
-        topics = [settings.raw_topic, settings.dlq_topic, settings.unrouted_topic]
-        if all(topic in existing for topic in topics):
-            sizes = await describe_max_message_bytes(admin, topics)
+        if all(topic in existing for topic in settings.body_topics):
+            sizes = await describe_max_message_bytes(admin, settings.body_topics)
     finally:
         await admin.close()
     found = problems(settings, existing, sizes)
