@@ -59,6 +59,7 @@ class OutgoingRecord:
     key: bytes | None
     value: bytes | None
     headers: Headers
+    partition: int | None = None  # None: chosen from the key, as the default partitioner does
 
 
 OutcomeKind = Literal["emitted", "revoked", "dead_lettered", "unrouted"]

@@ -11,6 +11,7 @@ from common.kafka import KafkaConnectionSettings
 from handlers import RulesSettings
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+ProcessingGuarantee = Literal["exactly-once", "at-least-once"]
 
 
 class ConsumerSettings(BaseSettings):
@@ -34,7 +35,34 @@ class ConsumerSettings(BaseSettings):
     unrouted_topic: str = Field(
         "exam.webhooks.unrouted", min_length=1, description="Topic of JSON bodies no handler answers to."
     )
+    dedup_topic: str = Field(
+        "exam.events.dedup",
+        min_length=1,
+        description="Exactly-once: compacted changelog of the ce_ids published per raw partition "
+        "(as many partitions as the raw topic).",
+    )
     group_id: str = Field("exam-events", min_length=1, description="Kafka consumer group id.")
+    processing_guarantee: ProcessingGuarantee = Field(
+        "exactly-once",
+        description="`exactly-once`: outputs, dead-letter/unrouted records and input offsets of a batch "
+        "commit in one Kafka transaction per raw partition, and redelivered webhooks are deduplicated; "
+        "read the outputs with isolation.level=read_committed. `at-least-once`: outputs are "
+        "acknowledged before the offsets are committed; a crash or rebalance can repeat events "
+        "(same ce_id).",
+    )
+    transaction_timeout_ms: int = Field(
+        40_000,
+        ge=2000,
+        description="Exactly-once: the broker aborts a transaction open longer than this "
+        "(transaction.timeout.ms; at most the broker's transaction.max.timeout.ms). The consumer "
+        "itself aborts a batch's transaction after half of it.",
+    )
+    dedup_window_hours: float = Field(
+        168.0,
+        gt=0,
+        description="Exactly-once: how long a published ce_id is remembered, so that a webhook the "
+        "platform posts again within this window publishes nothing twice.",
+    )
     http_host: str = Field("0.0.0.0", description="Address the HTTP port listens on.")  # noqa: S104  # a container's port
     http_port: int = Field(
         8081, ge=1, le=65535, description="Port of /healthz, /readyz, /metrics, /asyncapi."
@@ -98,11 +126,44 @@ class ConsumerSettings(BaseSettings):
         # Writing back to the raw topic would feed the consumer its own output forever.
         if self.raw_topic in outputs:
             raise ValueError(f"CONSUMER_RAW_TOPIC {self.raw_topic!r} must differ from every output topic")
+        if self.processing_guarantee == "exactly-once":
+            if self.dedup_topic in outputs | {self.raw_topic}:
+                raise ValueError(f"CONSUMER_DEDUP_TOPIC {self.dedup_topic!r} must differ from every other topic")
+            # A rebalance waits up to the graceful timeout for the in-flight transactions; each is
+            # aborted by the consumer after the batch deadline, so the wait must be longer.
+            if self.transaction_deadline_seconds >= self.graceful_timeout_seconds:
+                raise ValueError(
+                    f"CONSUMER_TRANSACTION_TIMEOUT_MS/2 ({self.transaction_deadline_seconds:g} s) must be "
+                    f"shorter than CONSUMER_GRACEFUL_TIMEOUT_SECONDS ({self.graceful_timeout_seconds:g} s), "
+                    "so that a rebalance finds every transaction committed or aborted"
+                )
+            if self.transaction_deadline_seconds * 1000 >= self.max_poll_interval_ms:
+                raise ValueError("CONSUMER_TRANSACTION_TIMEOUT_MS/2 must be shorter than CONSUMER_MAX_POLL_INTERVAL_MS")
         if self.retry_backoff_initial_seconds > self.retry_backoff_max_seconds:
             raise ValueError(
                 "CONSUMER_RETRY_BACKOFF_INITIAL_SECONDS exceeds CONSUMER_RETRY_BACKOFF_MAX_SECONDS"
             )
         return self
+
+    @property
+    def exactly_once(self) -> bool:
+        """True in exactly-once mode."""
+        return self.processing_guarantee == "exactly-once"
+
+    @property
+    def transaction_deadline_seconds(self) -> float:
+        """Exactly-once: a batch's transaction not committed after this long is aborted (and retried)."""
+        return self.transaction_timeout_ms / 2000
+
+    @property
+    def dedup_window_seconds(self) -> float:
+        """The dedup window in seconds."""
+        return self.dedup_window_hours * 3600
+
+    def transactional_id(self, partition: int) -> str:
+        """The stable transactional id of the producer for one raw partition: whoever owns the
+        partition next starts a producer with the same id, which fences the previous owner's."""
+        return f"{self.group_id}.{self.raw_topic}.{partition}"
 
     @property
     def stuck_batch_seconds(self) -> float:
@@ -117,7 +178,10 @@ class ConsumerSettings(BaseSettings):
     @property
     def all_topics(self) -> list[str]:
         """Every topic the consumer reads or writes, each once."""
-        return list(dict.fromkeys([self.raw_topic, *self.derived_topics.values(), *self.body_topics]))
+        topics = [self.raw_topic, *self.derived_topics.values(), *self.body_topics]
+        if self.exactly_once:
+            topics.append(self.dedup_topic)
+        return list(dict.fromkeys(topics))
 
     @property
     def derived_topics(self) -> dict[str, str]:
