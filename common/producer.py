@@ -24,7 +24,8 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from common.kafka import PRODUCER_STATE_ERRORS, KafkaConnectionSettings
+from common.kafka import PRODUCER_STATE_ERRORS as PRODUCER_STATE_ERRORS  # re-exported for the wrappers
+from common.kafka import KafkaConnectionSettings
 
 log = structlog.get_logger("producer")
 
@@ -114,20 +115,36 @@ class ManagedProducer:
 
     async def start(self) -> Any:
         """Build and start a producer (bounded by the start timeout), and make it the current one."""
+        return await self._start(None)
+
+    async def start_prepared(self, prepare: Callable[[Any], Awaitable[object]]) -> Any:
+        """Like `start()`, but `prepare(producer)` must succeed too before the producer becomes current.
+
+        Nobody sees the producer before `prepare` is done; when it fails, the producer is closed.
+        """
+        return await self._start(prepare)
+
+    async def _start(self, prepare: Callable[[Any], Awaitable[object]] | None) -> Any:
         self._running = True
         kwargs = self._kwargs if isinstance(self._kwargs, dict) else await self._kwargs()
         producer = self._factory(**kwargs)
         try:
             if self._start_timeout is None:
-                await producer.start()
+                await self._start_one(producer, prepare)
             else:
-                await asyncio.wait_for(producer.start(), self._start_timeout)
+                await asyncio.wait_for(self._start_one(producer, prepare), self._start_timeout)
         except BaseException:
             self._spawn_close(producer)
             raise
         self._producer = producer
         self._state_error = None
         return producer
+
+    @staticmethod
+    async def _start_one(producer: Any, prepare: Callable[[Any], Awaitable[object]] | None) -> None:
+        await producer.start()
+        if prepare is not None:
+            await prepare(producer)
 
     def broken(self) -> str | None:
         """Why the current producer cannot be used any more, or None while it can."""

@@ -3,20 +3,21 @@
     python -m consumer
     faststream run consumer.app:create_app --factory      # same app, same CONSUMER_HTTP_* port
 
-One batch subscriber on the raw topic (AckPolicy.MANUAL, raw records, no per-record casting), a
-producer of our own for derived events, DLQ and unrouted records, and an HTTP port with /healthz,
-/readyz, /metrics and the AsyncAPI page.
+One batch subscriber on the raw topic (AckPolicy.MANUAL, raw records, no per-record casting); the
+checkpoint of the configured processing guarantee (`consumer.checkpoint`: THE commit point) with
+its producers (at-least-once: one idempotent producer; exactly-once: one transactional producer per
+assigned raw partition, `consumer.transactions`); the rebalance listener; an HTTP port with
+/healthz, /readyz, /metrics and the AsyncAPI page.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 import structlog
@@ -30,25 +31,25 @@ from faststream.specification import AsyncAPI
 from pydantic import Field, GetPydanticSchema
 
 from common.logging import configure_logging
-from consumer.batch import (
+from consumer.checkpoint import (
+    AtLeastOnceCheckpoint,
     BatchProcessor,
+    ExactlyOnceCheckpoint,
     InFlightBatch,
     OffsetGuard,
     Offsets,
-    backoff_delay,
     commit_assigned,
 )
+from consumer.group import GroupMember
 from consumer.http import health_routes
 from consumer.metrics import ConsumerMetrics
 from consumer.sender import KafkaSender, ManagedSender
 from consumer.settings import ConsumerSettings
 from consumer.topics import TopicsNotReady, check_topics
+from consumer.transactions import PartitionTransactions
 from handlers import build_routing_table
 from schemas.derived import ExamFailed, ExamPassed, ResitAvailable, ResitExhausted, ResitPassed
 from schemas.webhook import ExamResultsReleased
-
-# Exit status when the consumer cannot guarantee it will not skip records (a rewind failed).
-EXIT_CANNOT_REWIND = 70
 
 log = structlog.get_logger("consumer")
 
@@ -101,29 +102,71 @@ RawWebhookBatch = Annotated[
 def create_app(
     settings: ConsumerSettings | None = None, *, sender: ManagedSender | None = None
 ) -> ConsumerApp:
-    """Build broker, subscriber, producer, metrics and HTTP routes from settings.
+    """Build broker, subscriber, checkpoint, producers, metrics and HTTP routes from settings.
 
-    `sender` replaces the Kafka producer (tests wrap the real one to inject broker errors).
+    `sender` replaces the at-least-once Kafka producer (tests wrap the real one to inject errors).
     """
     settings = settings or ConsumerSettings()
     configure_logging("consumer", settings.log_level)
     metrics = ConsumerMetrics.create()
-    sender = sender or KafkaSender(settings)
+    member = GroupMember(lambda: subscriber.consumer, _exit)
+    table = build_routing_table(settings.rules)
 
-    async def committed(tp: TopicPartition) -> int | None:
-        consumer: Any = subscriber.consumer
-        offset = await consumer.committed(tp)
-        return None if offset is None else int(offset)
+    checkpoint: AtLeastOnceCheckpoint | ExactlyOnceCheckpoint
+    if settings.exactly_once:
+        transactions = PartitionTransactions(settings, member, metrics)
+        eos = checkpoint = ExactlyOnceCheckpoint(
+            settings=settings, table=table, partitions=transactions, member=member, metrics=metrics
+        )
 
-    guard = OffsetGuard(committed)
-    in_flight = InFlightBatch(settings.graceful_timeout_seconds, metrics, on_assigned=guard.forget)
+        async def after_assign(assigned: set[TopicPartition]) -> None:
+            eos.resume()
+            await transactions.on_assigned(assigned)
+
+        in_flight = InFlightBatch(
+            settings.graceful_timeout_seconds,
+            metrics,
+            before_wait=eos.interrupt,
+            after_revoke=transactions.on_revoked,
+            after_assign=after_assign,
+        )
+        ping: Callable[[float], Awaitable[bool]] = transactions.ping
+        stop_producers: Callable[[], Awaitable[None]] = transactions.stop
+        replacements: Callable[[], float] = lambda: 0.0  # noqa: E731  # producers are acquired, not replaced
+    else:
+        at_least_once_sender = sender or KafkaSender(settings)
+        guard = OffsetGuard(member.committed)
+        in_flight = InFlightBatch(settings.graceful_timeout_seconds, metrics, on_assigned=guard.forget)
+
+        async def commit(offsets: Offsets) -> None:
+            # Looked up at call time, so tests can wrap it.
+            await commit_assigned(subscriber.consumer, offsets)
+
+        def owned(partitions: set[tuple[str, int]]) -> set[tuple[str, int]]:
+            found = member.owned({TopicPartition(topic, partition) for topic, partition in partitions})
+            return {(tp.topic, tp.partition) for tp in found}
+
+        processor = BatchProcessor(
+            settings=settings,
+            table=table,
+            sender=at_least_once_sender,
+            commit=commit,
+            metrics=metrics,
+            owned=owned,
+        )
+        checkpoint = AtLeastOnceCheckpoint(
+            settings=settings, processor=processor, guard=guard, member=member, metrics=metrics
+        )
+        ping = at_least_once_sender.ping
+        stop_producers = at_least_once_sender.stop
+        replacements = lambda: float(getattr(at_least_once_sender, "replacements", 0))  # noqa: E731
 
     broker = KafkaBroker(
         settings.kafka.bootstrap_list,
         client_id=settings.kafka.client_id,
         security=settings.kafka.faststream_security(),
-        # Our producer sends everything (KafkaSender); the broker only consumes. Topics are provisioned
-        # by operations; the start-up check (consumer.topics) refuses to run when one is missing, so no
+        # Our producers send everything; the broker only consumes. Topics are provisioned by
+        # operations; the start-up check (consumer.topics) refuses to run when one is missing, so no
         # metadata request of ours ever auto-creates one with the broker's defaults.
         consumer_only=True,
         graceful_timeout=settings.graceful_timeout_seconds,
@@ -143,6 +186,8 @@ def create_app(
         group_id=settings.group_id,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
+        # Raw records written in transactions (a replay, say) count only once committed.
+        isolation_level="read_committed",
         max_poll_interval_ms=settings.max_poll_interval_ms,
         session_timeout_ms=settings.session_timeout_ms,
         # The listener waits up to the graceful timeout for the in-flight batch; the coordinator must
@@ -156,59 +201,11 @@ def create_app(
         "meta.eventName. The consumer reads records in batches, which is no concern of producers.",
     )
 
-    async def commit(offsets: Offsets) -> None:
-        await commit_assigned(subscriber.consumer, offsets)
-
-    def owned(partitions: set[tuple[str, int]]) -> set[tuple[str, int]]:
-        return owned_partitions(subscriber.consumer, partitions)
-
-    processor = BatchProcessor(
-        settings=settings,
-        table=build_routing_table(settings.rules),
-        sender=sender,
-        commit=commit,
-        metrics=metrics,
-        owned=owned,
-    )
-    failures = 0
-
     @subscriber
     async def handle_raw_webhooks(records: RawWebhookBatch) -> None:
-        """Route a batch of raw webhooks; publish derived events, DLQ and unrouted records; commit."""
-        nonlocal failures
-        consumer = subscriber.consumer
+        """Route a batch of raw webhooks and commit it: consumer.checkpoint is the commit point."""
         async with in_flight.running():
-            try:
-                gaps = await guard.gaps(records)
-                if gaps:
-                    # Records before this batch were never handled (FastStream dropped a batch before
-                    # our handler ran): committing this one would skip them. Read them first.
-                    metrics.gap_rewinds.inc()
-                    log.error(
-                        "batch starts past unhandled records; rewinding",
-                        rewind_to={f"{tp.topic}/{tp.partition}": offset for tp, offset in gaps.items()},
-                    )
-                    _seek_or_die(consumer, gaps)
-                    return
-                if await processor.process(records):
-                    guard.handled(records)
-                else:
-                    guard.drop(records)
-                    _seek_or_die(consumer, _earliest(records))
-                failures = 0
-            except Exception:
-                # A bug outside the per-record guard. FastStream would fetch on, and the next commit
-                # would skip this batch: rewind its partitions instead, so it is read again.
-                failures += 1
-                metrics.batch_failures.inc()
-                log.exception("batch handling crashed; rewinding to re-read it", records=len(records))
-                guard.drop(records)
-                _seek_or_die(consumer, _earliest(records))
-                await asyncio.sleep(
-                    backoff_delay(
-                        failures, settings.retry_backoff_initial_seconds, settings.retry_backoff_max_seconds
-                    )
-                )
+            await checkpoint.commit(records)
 
     _document_outputs(broker, settings)
 
@@ -218,18 +215,18 @@ def create_app(
         )
 
     metrics.consume_task_crashes.set_function(consume_task_crashes)
-    metrics.in_flight_batch_seconds.set_function(processor.in_flight_seconds)
-    metrics.seconds_since_progress.set_function(lambda: time.monotonic() - processor.last_progress)
-    metrics.producer_replacements.set_function(lambda: float(getattr(sender, "replacements", 0)))
+    metrics.in_flight_batch_seconds.set_function(checkpoint.in_flight_seconds)
+    metrics.seconds_since_progress.set_function(lambda: time.monotonic() - checkpoint.last_progress)
+    metrics.producer_replacements.set_function(replacements)
     stuck_after = settings.stuck_batch_seconds
 
     async def ready() -> tuple[bool, dict[str, Any]]:
-        consumer = subscriber.consumer
-        assigned = len(consumer.assignment()) if consumer is not None else 0
-        reachable = await sender.ping(timeout=2.0)
+        assigned = len(member.assignment())
+        reachable = await ping(2.0)
         looping = any(not task.done() for task in subscriber.tasks)
-        in_flight_seconds = round(processor.in_flight_seconds(), 1)
+        in_flight_seconds = round(checkpoint.in_flight_seconds(), 1)
         checks = {
+            "processing_guarantee": settings.processing_guarantee,
             "broker_reachable": reachable,
             "assigned_partitions": assigned,
             "consume_loop_running": looping,
@@ -244,7 +241,9 @@ def create_app(
         except TopicsNotReady as exc:
             log.error(f"refusing to start: {exc}")
             raise
-        await sender.start()
+        if not settings.exactly_once:
+            await at_least_once_sender.start()
+        log.info("consumer starting", processing_guarantee=settings.processing_guarantee)
 
     return ConsumerApp(
         broker,
@@ -259,7 +258,7 @@ def create_app(
             version="0.1.0",
         ),
         on_startup=[start],
-        after_shutdown=[sender.stop],
+        after_shutdown=[stop_producers],
         logger=logging.getLogger("consumer.app"),
     )
 
@@ -290,42 +289,6 @@ async def _parse_batch(records: tuple[Any, ...]) -> KafkaMessage:
 async def _raw_records(message: KafkaMessage) -> Any:
     """The handler's argument: the records themselves; each is validated once, by its handler."""
     return message.raw_message
-
-
-def owned_partitions(consumer: Any, partitions: set[tuple[str, int]]) -> set[tuple[str, int]]:
-    """Those of `partitions` this member still owns: assigned, and the member still in the group.
-
-    After an eviction (max_poll_interval) aiokafka keeps the old assignment until it rejoins, but
-    resets the generation: a commit could no longer succeed, and another member reads the partitions.
-    """
-    if consumer is None or getattr(consumer._coordinator, "generation", -1) < 0:
-        return set()
-    assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-    return partitions & assigned
-
-
-def _earliest(records: Sequence[Any]) -> dict[TopicPartition, int]:
-    """Partition -> first offset of the batch's records there."""
-    earliest: dict[TopicPartition, int] = {}
-    for record in records:
-        tp = TopicPartition(record.topic, record.partition)
-        earliest[tp] = min(earliest.get(tp, record.offset), record.offset)
-    return earliest
-
-
-def _seek_or_die(consumer: Any, offsets: dict[TopicPartition, int]) -> None:
-    """Seek the partitions still assigned back to `offsets`, so those records are fetched again.
-
-    If that fails, the next commit could pass over records nobody handled: stop the process at once
-    instead (non-zero exit; the restart resumes from the committed offsets, losing nothing).
-    """
-    try:
-        for tp, offset in offsets.items():
-            if tp in consumer.assignment():
-                consumer.seek(tp, offset)
-    except Exception:
-        log.critical("rewinding failed; exiting so that no record is skipped", exc_info=True)
-        _exit(EXIT_CANNOT_REWIND)
 
 
 def _exit(status: int) -> None:

@@ -53,7 +53,7 @@ class DedupStore:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def __contains__(self, key: bytes) -> bool:
+    def __contains__(self, key: object) -> bool:
         return key in self._seen
 
     def add(self, keys: Iterable[bytes], published_ms: int) -> None:

@@ -33,6 +33,14 @@ class ConsumerMetrics:
     producer_replacements: Gauge
     in_flight_batch_seconds: Gauge
     seconds_since_progress: Gauge
+    transactions: Counter
+    transactions_aborted: Counter
+    producers_fenced: Counter
+    acquire_failures: Counter
+    stale_records_skipped: Counter
+    duplicates_suppressed: Counter
+    dedup_entries: Gauge
+    dedup_restore_seconds: Histogram
 
     @classmethod
     def create(cls) -> ConsumerMetrics:
@@ -134,6 +142,54 @@ class ConsumerMetrics:
             seconds_since_progress=Gauge(
                 f"{PREFIX}_seconds_since_progress",
                 "Seconds since the last batch was finished (committed or dropped), or since start.",
+                registry=registry,
+            ),
+            transactions=Counter(
+                f"{PREFIX}_transactions_committed",
+                "Exactly-once: transactions committed (one per raw partition of a batch).",
+                registry=registry,
+            ),
+            transactions_aborted=Counter(
+                f"{PREFIX}_transactions_aborted",
+                "Exactly-once: transactions abandoned uncommitted (broker error, timeout, lost partition); "
+                "their records are read again.",
+                ["reason"],
+                registry=registry,
+            ),
+            producers_fenced=Counter(
+                f"{PREFIX}_producers_fenced",
+                "Exactly-once: transactions refused because a newer producer of the partition (its next "
+                "owner) fenced ours, or the broker timed the transaction out.",
+                registry=registry,
+            ),
+            acquire_failures=Counter(
+                f"{PREFIX}_partition_acquire_failures",
+                "Exactly-once: failed attempts to start a partition's producer, read its committed offset "
+                "or restore its dedup store.",
+                registry=registry,
+            ),
+            stale_records_skipped=Counter(
+                f"{PREFIX}_stale_records_skipped",
+                "Exactly-once: fetched records before the partition's committed offset (already committed "
+                "by this member or an earlier owner), skipped.",
+                registry=registry,
+            ),
+            duplicates_suppressed=Counter(
+                f"{PREFIX}_duplicates_suppressed",
+                "Exactly-once: derived events not published again because their ce_id was published "
+                "within the dedup window (a webhook posted twice), per type.",
+                ["type"],
+                registry=registry,
+            ),
+            dedup_entries=Gauge(
+                f"{PREFIX}_dedup_entries",
+                "Exactly-once: ce_ids held by this process's dedup stores.",
+                registry=registry,
+            ),
+            dedup_restore_seconds=Histogram(
+                f"{PREFIX}_dedup_restore_seconds",
+                "Exactly-once: time to bring a partition's dedup store up to date from its changelog.",
+                buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
                 registry=registry,
             ),
         )

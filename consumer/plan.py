@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from consumer.dedup import id_bytes
 from handlers import Handled, Invalid, RoutingTable, SourceRecord, Unrouted, route_webhook
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -62,7 +63,7 @@ class OutgoingRecord:
     partition: int | None = None  # None: chosen from the key, as the default partitioner does
 
 
-OutcomeKind = Literal["emitted", "revoked", "dead_lettered", "unrouted"]
+OutcomeKind = Literal["emitted", "duplicate", "revoked", "dead_lettered", "unrouted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,10 @@ class BatchPlan:
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     outcomes: list[RecordOutcome] = field(default_factory=list)
     emitted: Counter[str] = field(default_factory=Counter)
+    # Exactly-once: events not published again because their ce_id was published before, per type.
+    duplicates: Counter[str] = field(default_factory=Counter)
+    # Exactly-once: (id bytes, ce_id, type) of each event to publish, for the dedup store's changelog.
+    new_ids: list[tuple[bytes, str, str]] = field(default_factory=list)
     dead_lettered: Counter[str] = field(default_factory=Counter)
     handler_seconds: list[float] = field(default_factory=list)
 
@@ -99,9 +104,15 @@ def plan_batch(
     *,
     dlq_topic: str,
     unrouted_topic: str,
+    published: Container[bytes] | None = None,
 ) -> BatchPlan:
-    """Route every record; collect what to publish and the offset after each partition's last record."""
+    """Route every record; collect what to publish and the offset after each partition's last record.
+
+    With `published` (exactly-once: the partition's dedup store), an event whose ce_id is in it, or
+    earlier in this batch, is left out and counted in `duplicates`; the others are in `new_ids`.
+    """
     plan = BatchPlan()
+    in_batch: set[bytes] = set()
     for record in records:
         source = SourceRecord(record.topic, record.partition, record.offset)
         started = time.perf_counter()
@@ -122,18 +133,31 @@ def plan_batch(
         plan.handler_seconds.append(time.perf_counter() - started)
 
         if isinstance(result, Handled):
+            emitted = result.output.events
+            if published is not None and emitted:
+                kept = []
+                for event, outgoing in zip(result.output.events, events, strict=True):
+                    key = id_bytes(event.id)
+                    if key in published or key in in_batch:
+                        plan.duplicates[event.type] += 1
+                        continue
+                    in_batch.add(key)
+                    plan.new_ids.append((key, event.id, event.type))
+                    kept.append((event, outgoing))
+                emitted = tuple(event for event, _ in kept)
+                events = [outgoing for _, outgoing in kept]
             plan.outgoing.extend(events)
-            for event in result.output.events:
+            for event in emitted:
                 plan.emitted[event.type] += 1
             skipped = result.output.skipped_reason
+            if skipped == "revoked":
+                kind: OutcomeKind = "revoked"
+            elif result.output.events and not emitted:
+                kind = "duplicate"
+            else:
+                kind = "emitted"
             plan.outcomes.append(
-                RecordOutcome(
-                    source,
-                    "revoked" if skipped == "revoked" else "emitted",
-                    result.event_name,
-                    skipped,
-                    tuple(event.id for event in result.output.events),
-                )
+                RecordOutcome(source, kind, result.event_name, skipped, tuple(event.id for event in emitted))
             )
         elif isinstance(result, Unrouted):
             plan.outgoing.append(_unrouted(record, result, unrouted_topic))

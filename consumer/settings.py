@@ -128,7 +128,9 @@ class ConsumerSettings(BaseSettings):
             raise ValueError(f"CONSUMER_RAW_TOPIC {self.raw_topic!r} must differ from every output topic")
         if self.processing_guarantee == "exactly-once":
             if self.dedup_topic in outputs | {self.raw_topic}:
-                raise ValueError(f"CONSUMER_DEDUP_TOPIC {self.dedup_topic!r} must differ from every other topic")
+                raise ValueError(
+                    f"CONSUMER_DEDUP_TOPIC {self.dedup_topic!r} must differ from every other topic"
+                )
             # A rebalance waits up to the graceful timeout for the in-flight transactions; each is
             # aborted by the consumer after the batch deadline, so the wait must be longer.
             if self.transaction_deadline_seconds >= self.graceful_timeout_seconds:
@@ -138,7 +140,9 @@ class ConsumerSettings(BaseSettings):
                     "so that a rebalance finds every transaction committed or aborted"
                 )
             if self.transaction_deadline_seconds * 1000 >= self.max_poll_interval_ms:
-                raise ValueError("CONSUMER_TRANSACTION_TIMEOUT_MS/2 must be shorter than CONSUMER_MAX_POLL_INTERVAL_MS")
+                raise ValueError(
+                    "CONSUMER_TRANSACTION_TIMEOUT_MS/2 must be shorter than CONSUMER_MAX_POLL_INTERVAL_MS"
+                )
         if self.retry_backoff_initial_seconds > self.retry_backoff_max_seconds:
             raise ValueError(
                 "CONSUMER_RETRY_BACKOFF_INITIAL_SECONDS exceeds CONSUMER_RETRY_BACKOFF_MAX_SECONDS"

@@ -20,7 +20,10 @@ class TopicsNotReady(Exception):
 
 
 def problems(
-    settings: ConsumerSettings, existing: set[str], max_message_bytes: Mapping[str, int]
+    settings: ConsumerSettings,
+    existing: set[str],
+    max_message_bytes: Mapping[str, int],
+    partitions: Mapping[str, int] | None = None,
 ) -> list[str]:
     """What is wrong with the cluster's topics, one short sentence each (empty when nothing is)."""
     missing = [topic for topic in settings.all_topics if topic not in existing]
@@ -28,6 +31,14 @@ def problems(
         return [f"missing topics (create them, e.g. scripts/create-topics): {', '.join(missing)}"]
     raw_limit = max_message_bytes.get(settings.raw_topic)
     found = []
+    counts = partitions or {}
+    raw_count, dedup_count = counts.get(settings.raw_topic), counts.get(settings.dedup_topic)
+    if settings.exactly_once and raw_count is not None and dedup_count is not None and dedup_count < raw_count:
+        # Changelog partition p holds the dedup store of raw partition p.
+        found.append(
+            f"{settings.dedup_topic} has {dedup_count} partitions, fewer than {settings.raw_topic}'s "
+            f"{raw_count} (grow it: scripts/create-topics --grow --partitions {raw_count})"
+        )
     for topic in settings.body_topics[1:]:  # where raw records are copied
         limit = max_message_bytes.get(topic)
         # Raw records are copied byte for byte (plus headers): the copy must fit where the original did.
@@ -40,7 +51,8 @@ def problems(
 
 
 async def check_topics(settings: ConsumerSettings, timeout_ms: int = 10_000) -> None:
-    """Raise TopicsNotReady when a topic is missing or the DLQ/unrouted topic is smaller than the raw one."""
+    """Raise TopicsNotReady when a topic is missing, the DLQ/unrouted topic is smaller than the raw one,
+    or (exactly-once) the dedup changelog has fewer partitions than the raw topic."""
     admin = AIOKafkaAdminClient(**settings.kafka.aiokafka_kwargs(), request_timeout_ms=timeout_ms)
     await admin.start()
     try:
@@ -48,8 +60,10 @@ async def check_topics(settings: ConsumerSettings, timeout_ms: int = 10_000) -> 
         sizes: dict[str, int] = {}
         if all(topic in existing for topic in settings.body_topics):
             sizes = await describe_max_message_bytes(admin, settings.body_topics)
+        counted = [t for t in (settings.raw_topic, settings.dedup_topic) if t in existing]
+        partitions = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(counted)}
     finally:
         await admin.close()
-    found = problems(settings, existing, sizes)
+    found = problems(settings, existing, sizes, partitions)
     if found:
         raise TopicsNotReady("; ".join(found))

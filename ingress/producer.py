@@ -14,6 +14,9 @@ Each connection first reads the topic's `max.message.bytes` (admin client, which
 topic) and caps aiokafka's `max_request_size` and batch size at it: a record the broker would refuse
 is refused locally by `send()`, before it takes a sequence number. A broker that refuses a batch
 anyway (the limit was lowered since) gets the producer replaced, so the refusal stays one 413.
+
+Building, judging and closing the aiokafka producer is `common.producer.ManagedProducer`'s, as for
+the consumer; this module adds the reconnect loop, the topic limit and the failure count.
 """
 
 from __future__ import annotations
@@ -28,21 +31,19 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from common.kafka import PRODUCER_STATE_ERRORS, KafkaConnectionSettings
+from common.kafka import KafkaConnectionSettings
+from common.producer import ManagedProducer, ProducerFactory, reliable_producer_kwargs
 from common.topics import max_message_bytes
 
 log = structlog.get_logger("ingress.producer")
 
 Headers = Sequence[tuple[str, bytes]]
-ProducerFactory = Callable[..., Any]
 LimitReader = Callable[[KafkaConnectionSettings, str], Awaitable[int]]
 
 # Headroom over the largest body for the record's key, headers and batch framing.
 RECORD_OVERHEAD_BYTES = 64 * 1024
 # Batches big enough for one record from each of many concurrent requests.
 MAX_BATCH_BYTES = 512 * 1024
-# Broker answers after which only a new producer (new id, sequence numbers from 0) can succeed.
-REPLACE_ON = PRODUCER_STATE_ERRORS
 # Other Kafka errors in a row (timeouts not counted) after which the producer is replaced anyway.
 FAILURES_BEFORE_REPLACING = 3
 
@@ -92,23 +93,24 @@ class KafkaRecordProducer:
         self._kafka = kafka
         self._topic = topic
         self._timeout = timeout_seconds
-        self._factory = factory
         self._topic_limit = topic_limit
         self._max_record_bytes = max_body_bytes + RECORD_OVERHEAD_BYTES
-        self._kwargs: dict[str, Any] = {
-            **kafka.aiokafka_kwargs(),
-            "acks": "all",
-            "enable_idempotence": True,
-            "linger_ms": linger_ms,
-            "max_batch_size": MAX_BATCH_BYTES,
-            "max_request_size": self._max_record_bytes,
+        self._kwargs = reliable_producer_kwargs(
+            kafka,
+            linger_ms=linger_ms,
+            max_batch_size=MAX_BATCH_BYTES,
+            max_request_size=self._max_record_bytes,
             # The broker waits this long for replicas; our own timeout answers the client sooner.
-            "request_timeout_ms": max(int(timeout_seconds * 1000), 1000),
-            "retry_backoff_ms": 100,
-        }
-        self._producer: Any = None
+            request_timeout_ms=max(int(timeout_seconds * 1000), 1000),
+            retry_backoff_ms=100,
+        )
+        # No start timeout: aiokafka's start() fails by itself when no bootstrap server answers,
+        # and the reconnect loop retries it.
+        self._producer = ManagedProducer(
+            self._producer_kwargs, close_timeout_seconds=timeout_seconds, factory=factory
+        )
+        self._max_request_size = self._max_record_bytes  # as capped for the latest connection
         self._connecting: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
         self._stopped = False
         self._failures = 0  # Kafka errors in a row (not timeouts) of the current producer
 
@@ -118,7 +120,7 @@ class KafkaRecordProducer:
         assert self._connecting is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._connecting), self._timeout)
-        if self._producer is None:
+        if self._producer.current is None:
             log.warning("kafka_unreachable_at_start", retrying=True)
 
     async def stop(self) -> None:
@@ -128,17 +130,14 @@ class KafkaRecordProducer:
             self._connecting.cancel()
             # Whatever the connecting task ended with (cancelled, or a bug of ours) must not stop the close.
             await asyncio.gather(self._connecting, return_exceptions=True)
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await self._close(producer)
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._producer.stop()
 
     async def produce(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Delivery:
         """Store one record and return where it went, or raise `ProduceFailed` / `RecordTooLarge`."""
-        producer = self._producer
-        if producer is None or self._is_dead(producer):
-            self._replace(producer, "sender task ended" if producer is not None else None)
+        producer = self._producer.current
+        broken = self._producer.broken()
+        if producer is None or broken is not None:
+            self._replace(broken)
             raise ProduceFailed("not connected to Kafka")
         try:
             async with asyncio.timeout(self._timeout):
@@ -155,25 +154,29 @@ class KafkaRecordProducer:
         except MessageSizeTooLargeError as exc:
             # Refused by the broker (its limit is lower than the one read at connection time): the
             # batch's sequence number is lost, so the next batch would get OutOfOrderSequenceNumber.
-            self._replace(producer, "broker refused a record as too large; re-reading the topic limit")
+            if producer is self._producer.current:
+                self._replace("broker refused a record as too large; re-reading the topic limit")
             raise RecordTooLarge(f"the broker refused the record: {exc!r}") from exc
         except KafkaError as exc:
-            self._failures += 1
-            if isinstance(exc, REPLACE_ON):
-                self._replace(producer, f"{type(exc).__name__} from the broker")
-            elif self._is_dead(producer):
-                self._replace(producer, "sender task ended")
-            elif self._failures >= FAILURES_BEFORE_REPLACING:
-                self._replace(producer, f"{self._failures} failed produces in a row")
+            # A producer replaced meanwhile says nothing about the current one: it neither counts
+            # nor gets the current one replaced.
+            if producer is self._producer.current:
+                self._failures += 1
+                self._producer.note_error(exc)  # a producer state error (PRODUCER_STATE_ERRORS) breaks it
+                broken = self._producer.broken()
+                if broken is None and self._failures >= FAILURES_BEFORE_REPLACING:
+                    broken = f"{self._failures} failed produces in a row"
+                if broken is not None:
+                    self._replace(broken)
             raise ProduceFailed(f"Kafka refused the record: {exc!r}") from exc
-        if producer is self._producer:
+        if producer is self._producer.current:
             self._failures = 0
         return Delivery(metadata.partition, metadata.offset)
 
     async def ready(self) -> bool:
         """True when the producer runs, is not failing every produce, and a metadata refresh just worked."""
-        producer = self._producer
-        if producer is None or self._is_dead(producer) or self._failures >= FAILURES_BEFORE_REPLACING:
+        producer = self._producer.current
+        if not self._producer.usable() or self._failures >= FAILURES_BEFORE_REPLACING:
             return False
         try:
             async with asyncio.timeout(self._timeout):
@@ -182,47 +185,36 @@ class KafkaRecordProducer:
             return False
         return refreshed and bool(producer.client.cluster.available_partitions_for_topic(self._topic))
 
-    @staticmethod
-    def _is_dead(producer: Any) -> bool:
-        # aiokafka has no public flag for it: once the sender task has ended, every send fails.
-        sender_task = getattr(producer._sender, "sender_task", None)
-        return sender_task is not None and sender_task.done()
-
-    def _replace(self, broken: Any, reason: str | None) -> None:
-        """Drop a broken producer (if it is still the current one) and start connecting a new one, once."""
-        if broken is not None and broken is self._producer:
-            log.error("kafka_producer_replaced", reason=reason)
-            self._producer = None
+    def _replace(self, reason: str | None) -> None:
+        """Drop the current producer when `reason` says it is broken, and start connecting a new one, once."""
+        if reason is not None:
             self._failures = 0
-            self._spawn_close(broken)
+            self._producer.discard(reason)  # closed in the background, bounded by the produce timeout
         self._reconnect()
 
     def _reconnect(self) -> None:
-        if self._stopped or (self._connecting is not None and not self._connecting.done()):
+        # Only while there is no producer: connecting another would drop the current one unclosed.
+        if self._stopped or self._producer.current is not None:
+            return
+        if self._connecting is not None and not self._connecting.done():
             return
         self._connecting = asyncio.create_task(self._connect_until_done(), name="kafka-connect")
 
     async def _connect_until_done(self) -> None:
         delay = 0.2
         while True:
-            producer = None
             try:
-                kwargs = await self._producer_kwargs()
-                producer = self._factory(**kwargs)
-                await producer.start()
-                # Fetch the topic's partitions now, so the first request does not pay for it.
-                await producer.partitions_for(self._topic)
+                # Fetch the topic's partitions before it serves, so the first request does not pay for it.
+                await self._producer.start_prepared(lambda producer: producer.partitions_for(self._topic))
             except Exception as exc:
-                # Anything at all: this task is the only way back to a working producer.
+                # Anything at all: this task is the only way back to a working producer. (The producer
+                # that failed to start is closed by ManagedProducer.)
                 log.warning("kafka_connect_failed", error=repr(exc), retry_in_s=delay)
-                if producer is not None:
-                    self._spawn_close(producer)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             self._failures = 0
-            self._producer = producer
-            log.info("kafka_connected", topic=self._topic, max_request_size=kwargs["max_request_size"])
+            log.info("kafka_connected", topic=self._topic, max_request_size=self._max_request_size)
             return
 
     async def _producer_kwargs(self) -> dict[str, Any]:
@@ -236,25 +228,12 @@ class KafkaRecordProducer:
                 wanted=self._max_record_bytes,
                 effect="bodies that do not fit get 413",
             )
+        self._max_request_size = min(self._max_record_bytes, limit)
         return {
             **self._kwargs,
-            "max_request_size": min(self._max_record_bytes, limit),
+            "max_request_size": self._max_request_size,
             "max_batch_size": min(MAX_BATCH_BYTES, limit),
         }
-
-    def _spawn_close(self, producer: Any) -> None:
-        task = asyncio.create_task(self._close(producer), name="kafka-close")
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    async def _close(self, producer: Any) -> None:
-        # stop() flushes; with the broker gone it would wait forever, so bound it.
-        try:
-            await asyncio.wait_for(producer.stop(), self._timeout)
-        except TimeoutError:
-            log.warning("kafka_flush_timed_out", seconds=self._timeout)
-        except Exception as exc:
-            log.warning("kafka_close_failed", error=repr(exc))
 
 
 class NoopProducer:

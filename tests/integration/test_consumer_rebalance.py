@@ -12,7 +12,7 @@ from aiokafka import TopicPartition
 
 from consumer import app as app_module
 from consumer.app import create_app
-from consumer.batch import InFlightBatch
+from consumer.checkpoint import InFlightBatch
 from consumer.plan import OutgoingRecord
 from consumer.sender import KafkaSender
 from consumer.settings import ConsumerSettings

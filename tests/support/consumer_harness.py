@@ -89,6 +89,8 @@ def consumer_settings(
         "retry_backoff_initial_seconds": 0.05,
         "retry_backoff_max_seconds": 0.2,
         "graceful_timeout_seconds": 10.0,
+        "processing_guarantee": "at-least-once",
+        "transaction_timeout_ms": 10_000,
         "kafka": KafkaConnectionSettings(bootstrap_servers=bootstrap),
         "rules": RulesSettings(),
     }

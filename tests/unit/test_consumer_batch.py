@@ -13,8 +13,8 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaTimeoutError
 from structlog.testing import LogCapture
 
-from consumer import batch as batch_module
-from consumer.batch import BatchProcessor, backoff_delay
+from consumer import checkpoint as batch_module
+from consumer.checkpoint import BatchProcessor, backoff_delay
 from consumer.metrics import ConsumerMetrics
 from consumer.plan import OutgoingRecord
 from consumer.sender import PublishError, publish_all

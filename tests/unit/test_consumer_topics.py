@@ -14,6 +14,7 @@ ALL = {
     "exam.resits",
     "exam.webhooks.dlq",
     "exam.webhooks.unrouted",
+    "exam.events.dedup",
 }
 TWO_MIB = 2 * 1024 * 1024
 
@@ -41,3 +42,15 @@ def test_a_dlq_or_unrouted_topic_smaller_than_the_raw_topic_is_a_problem() -> No
 
     assert [line.split()[0] for line in found] == ["exam.webhooks.dlq", "exam.webhooks.unrouted"]
     assert all("max.message.bytes=1048588" in line for line in found)
+
+
+def test_a_dedup_changelog_with_fewer_partitions_than_the_raw_topic_is_a_problem_in_exactly_once_mode() -> None:
+    counts = {"exam.webhooks.raw": 6, "exam.events.dedup": 3}
+
+    found = problems(SETTINGS, ALL, sizes(), counts)
+    at_least_once = ConsumerSettings(rules=RulesSettings(), processing_guarantee="at-least-once")
+
+    assert len(found) == 1
+    assert found[0].startswith("exam.events.dedup has 3 partitions, fewer than exam.webhooks.raw's 6")
+    assert problems(SETTINGS, ALL, sizes(), {"exam.webhooks.raw": 6, "exam.events.dedup": 6}) == []
+    assert problems(at_least_once, ALL - {"exam.events.dedup"}, sizes(), counts) == []

@@ -21,6 +21,7 @@ from aiokafka.errors import (
 from aiokafka.structs import RecordMetadata, TopicPartition
 
 from common.kafka import KafkaConnectionSettings
+from common.producer import PRODUCER_STATE_ERRORS
 from ingress.producer import (
     FAILURES_BEFORE_REPLACING,
     Delivery,
@@ -37,16 +38,35 @@ class Sender:
     sender_task: asyncio.Future[None] | None = None
 
 
+class Cluster:
+    def available_partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+
+class Client:
+    """A broker that always answers metadata requests: readiness then depends on the wrapper alone."""
+
+    cluster = Cluster()
+
+    async def force_metadata_update(self) -> bool:
+        return True
+
+
 @dataclass
 class StandInProducer:
     """Enough of AIOKafkaProducer for the wrapper: start, send, stop, and a sender task that can die."""
 
     refuse_start: bool = False
+    refuse_partitions: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
     sent: list[bytes] = field(default_factory=list)
     stopped: bool = False
     # Set: every batch fails with it while the sender task keeps running (aiokafka after a sequence gap).
     batch_error: KafkaError | None = None
+    # Set: batches stay unanswered (in `held`) until the test answers them.
+    hold: bool = False
+    held: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)
+    client: Client = field(default_factory=Client)
     _sender: Sender = field(default_factory=Sender)
 
     async def start(self) -> None:
@@ -55,6 +75,8 @@ class StandInProducer:
         self._sender.sender_task = asyncio.get_running_loop().create_future()
 
     async def partitions_for(self, topic: str) -> set[int]:
+        if self.refuse_partitions:
+            raise KafkaConnectionError("metadata request failed")
         return {0}
 
     async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[RecordMetadata]:
@@ -62,7 +84,9 @@ class StandInProducer:
         assert self._sender.sender_task is not None
         if len(value) > self.kwargs.get("max_request_size", 1 << 30):
             raise MessageSizeTooLargeError("larger than max_request_size")
-        if self._sender.sender_task.done():
+        if self.hold:
+            self.held.append(future)
+        elif self._sender.sender_task.done():
             future.set_exception(KafkaError("sender is dead"))
         elif self.batch_error is not None:
             future.set_exception(self.batch_error)
@@ -82,13 +106,20 @@ class StandInProducer:
 
 @dataclass
 class Factory:
-    """Hands out stand-ins in order; the first `refusals` of them refuse to start."""
+    """Hands out stand-ins in order; the first `refusals` of them refuse to start, the next
+    `partition_refusals` start but fail to fetch the topic's partitions."""
 
     refusals: int = 0
+    partition_refusals: int = 0
     made: list[StandInProducer] = field(default_factory=list)
 
     def __call__(self, **kwargs: Any) -> StandInProducer:
-        producer = StandInProducer(refuse_start=len(self.made) < self.refusals, kwargs=kwargs)
+        n = len(self.made)
+        producer = StandInProducer(
+            refuse_start=n < self.refusals,
+            refuse_partitions=self.refusals <= n < self.refusals + self.partition_refusals,
+            kwargs=kwargs,
+        )
         self.made.append(producer)
         return producer
 
@@ -131,16 +162,19 @@ async def produce_until_delivered(producer: KafkaRecordProducer, attempts: int =
     raise AssertionError(f"no delivery after {attempts} attempts")
 
 
-async def test_a_producer_whose_batches_fail_with_out_of_order_sequence_is_replaced() -> None:
-    # aiokafka fails the batch with OutOfOrderSequenceNumber and keeps its sender task running:
+@pytest.mark.parametrize("error", PRODUCER_STATE_ERRORS)
+async def test_a_producer_whose_batches_fail_with_a_producer_state_error_is_replaced(
+    error: type[KafkaError],
+) -> None:
+    # aiokafka fails the batch with e.g. OutOfOrderSequenceNumber and keeps its sender task running:
     # every later batch of the partition fails the same way until the producer is replaced.
     factory = Factory()
     producer = wrapper(factory)
     await producer.start()
     first = factory.made[0]
-    first.batch_error = OutOfOrderSequenceNumber()
+    first.batch_error = error()
 
-    with pytest.raises(ProduceFailed, match="OutOfOrderSequenceNumber"):
+    with pytest.raises(ProduceFailed, match=error.__name__):
         await producer.produce(TOPIC, b"{}", None, [])
     assert not await producer.ready()  # being replaced
     await produce_until_delivered(producer)
@@ -150,7 +184,7 @@ async def test_a_producer_whose_batches_fail_with_out_of_order_sequence_is_repla
     assert first._sender.sender_task is not None
     assert not first._sender.sender_task.done()
     assert factory.made[1].sent == [b"{}"]
-    assert await producer_ready(producer)
+    assert await producer.ready()
     await producer.stop()
 
 
@@ -172,6 +206,7 @@ async def test_repeated_other_kafka_errors_make_it_not_ready_and_replace_the_pro
 
     assert len(factory.made) == 2
     assert first.stopped
+    assert await producer.ready()
     await producer.stop()
 
 
@@ -200,11 +235,6 @@ async def test_an_unexpected_error_while_connecting_is_retried_and_stop_does_not
 
     assert limit.reads == 3
     await producer.stop()
-
-
-async def producer_ready(producer: KafkaRecordProducer) -> bool:
-    # The stand-in has no client to refresh metadata with: readiness up to that point.
-    return producer._producer is not None and producer._failures < FAILURES_BEFORE_REPLACING
 
 
 async def test_a_producer_whose_sender_died_is_replaced_and_produce_works_again() -> None:
@@ -237,3 +267,42 @@ async def test_kafka_unreachable_at_start_gives_503s_until_it_connects_in_the_ba
     assert [p.refuse_start for p in factory.made] == [True, True, False]
     await producer.stop()
     assert factory.made[-1].stopped
+
+
+async def test_a_producer_that_cannot_fetch_the_topic_partitions_is_closed_unused_and_retried() -> None:
+    factory = Factory(partition_refusals=1)
+    producer = wrapper(factory)
+    await producer.start()
+
+    await produce_until_delivered(producer)
+    assert len(factory.made) == 2
+    assert factory.made[0].stopped
+    assert factory.made[0].sent == []  # never served a produce
+    assert factory.made[1].sent == [b"{}"]
+    await producer.stop()
+
+
+async def test_a_late_failure_of_a_replaced_producer_leaves_the_new_one_alone() -> None:
+    factory = Factory()
+    producer = wrapper(factory)
+    await producer.start()
+    first = factory.made[0]
+    first.hold = True
+    in_flight = asyncio.create_task(producer.produce(TOPIC, b"{}", None, []))
+    await asyncio.sleep(0)  # the produce sends, then waits for the held batch
+    assert first.held
+
+    first.die()
+    await produce_until_delivered(producer)  # replaced while a produce of the first one is in flight
+    second = factory.made[1]
+    # An answer about the old producer's state: it must not be taken for the new producer's.
+    first.held[0].set_exception(OutOfOrderSequenceNumber())
+    with pytest.raises(ProduceFailed):
+        await in_flight
+    await asyncio.sleep(0.1)  # time enough to connect a third producer, if one were started
+
+    assert len(factory.made) == 2
+    assert not second.stopped
+    assert await producer.ready()
+    assert await producer.produce(TOPIC, b"{}", None, []) == Delivery(0, 1)
+    await producer.stop()
