@@ -33,7 +33,7 @@ def problems(
     found = []
     counts = partitions or {}
     raw_count, dedup_count = counts.get(settings.raw_topic), counts.get(settings.dedup_topic)
-    if settings.exactly_once and raw_count is not None and dedup_count is not None and dedup_count < raw_count:
+    if settings.exactly_once and raw_count and dedup_count is not None and dedup_count < raw_count:
         # Changelog partition p holds the dedup store of raw partition p.
         found.append(
             f"{settings.dedup_topic} has {dedup_count} partitions, fewer than {settings.raw_topic}'s "

@@ -39,6 +39,7 @@ class ConsumerTopics:
     resits: str
     dlq: str
     unrouted: str
+    dedup: str
 
     @property
     def outputs(self) -> list[str]:
@@ -53,13 +54,15 @@ class ConsumerTopics:
             "CONSUMER_RESITS_TOPIC": self.resits,
             "CONSUMER_DLQ_TOPIC": self.dlq,
             "CONSUMER_UNROUTED_TOPIC": self.unrouted,
+            "CONSUMER_DEDUP_TOPIC": self.dedup,
         }
 
 
 async def make_consumer_topics(
     bootstrap: str, unique_name: Callable[[str], str], raw_partitions: int = 3
 ) -> ConsumerTopics:
-    """Create a raw topic with `raw_partitions` partitions and the five output topics (3 partitions)."""
+    """Create a raw topic with `raw_partitions` partitions, the five output topics (3 partitions) and
+    the dedup changelog (as many partitions as the raw topic)."""
     topics = ConsumerTopics(
         raw=unique_name("raw"),
         passed=unique_name("passed"),
@@ -67,8 +70,9 @@ async def make_consumer_topics(
         resits=unique_name("resits"),
         dlq=unique_name("dlq"),
         unrouted=unique_name("unrouted"),
+        dedup=unique_name("dedup"),
     )
-    await create_topics(bootstrap, [topics.raw], raw_partitions)
+    await create_topics(bootstrap, [topics.raw, topics.dedup], raw_partitions)
     await create_topics(bootstrap, topics.outputs, 3)
     return topics
 
@@ -84,6 +88,7 @@ def consumer_settings(
         "resits_topic": topics.resits,
         "dlq_topic": topics.dlq,
         "unrouted_topic": topics.unrouted,
+        "dedup_topic": topics.dedup,
         "group_id": group_id,
         "http_port": free_port(),
         "retry_backoff_initial_seconds": 0.05,
@@ -177,7 +182,11 @@ def ce_ids(records: Sequence[Record]) -> Counter[str]:
 
 
 async def read_derived(
-    bootstrap: str, topics: ConsumerTopics, count: int, timeout: float = 60.0
+    bootstrap: str,
+    topics: ConsumerTopics,
+    count: int,
+    timeout: float = 60.0,
+    isolation_level: str = "read_committed",
 ) -> list[Record]:
     """Read `count` records from the three derived topics together (fails if fewer arrive in time)."""
     deadline = time.monotonic() + timeout
@@ -185,7 +194,9 @@ async def read_derived(
         records = [
             r
             for topic in (topics.passed, topics.failed, topics.resits)
-            for r in await read_records(bootstrap, topic, idle=0.3, timeout=10)
+            for r in await read_records(
+                bootstrap, topic, idle=0.3, timeout=10, isolation_level=isolation_level
+            )
         ]
         if len(records) >= count or time.monotonic() > deadline:
             return records

@@ -76,14 +76,22 @@ async def produce(
 
 
 async def read_records(
-    bootstrap: str, topic: str, *, count: int | None = None, timeout: float = 20.0, idle: float = 1.0
+    bootstrap: str,
+    topic: str,
+    *,
+    count: int | None = None,
+    timeout: float = 20.0,
+    idle: float = 1.0,
+    isolation_level: str = "read_committed",
 ) -> list[Record]:
-    """Read a topic from the beginning, without a group.
+    """Read a topic from the beginning, without a group, as downstream services do (read_committed).
 
     Stops after `count` records (failing if fewer arrive within `timeout`), or, when `count` is
     None, once the topic has been read to its end and `idle` seconds brought nothing new.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
+    )
     await consumer.start()
     records: list[Record] = []
     try:

@@ -44,7 +44,7 @@ def test_a_dlq_or_unrouted_topic_smaller_than_the_raw_topic_is_a_problem() -> No
     assert all("max.message.bytes=1048588" in line for line in found)
 
 
-def test_a_dedup_changelog_with_fewer_partitions_than_the_raw_topic_is_a_problem_in_exactly_once_mode() -> None:
+def test_a_dedup_changelog_with_fewer_partitions_than_the_raw_topic_is_an_exactly_once_problem() -> None:
     counts = {"exam.webhooks.raw": 6, "exam.events.dedup": 3}
 
     found = problems(SETTINGS, ALL, sizes(), counts)
