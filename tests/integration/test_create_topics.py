@@ -13,7 +13,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from tests.support.broker import ROOT
 
 CREATE_TOPICS = ROOT / "scripts" / "create-topics"
-TOPIC_SETTINGS = ("RAW", "PASSED", "FAILED", "RESITS", "DLQ", "UNROUTED")
+TOPIC_SETTINGS = ("RAW", "PASSED", "FAILED", "RESITS", "DLQ", "UNROUTED", "DEDUP")
 
 
 def create_topics(env: dict[str, str], *args: str) -> str:
@@ -27,6 +27,16 @@ def create_topics(env: dict[str, str], *args: str) -> str:
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+async def topic_config(bootstrap: str, topic: str, name: str) -> str:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    return str(next(c[1] for r in configs for res in r.resources for c in res[4] if c[0] == name))
 
 
 async def partitions_and_max_bytes(bootstrap: str, topics: list[str]) -> dict[str, tuple[int, str]]:
@@ -59,6 +69,9 @@ async def test_it_creates_every_topic_with_room_for_the_largest_body_and_grows_t
     for kind in ("RAW", "DLQ", "UNROUTED"):  # they carry whole webhook bodies
         assert int(state[names[kind]][1]) >= 1024 * 1024 + 64 * 1024
     assert create_topics(env, "--partitions", "2").count("created") == 0
+    # Exactly-once's dedup changelog: compacted, records kept for the dedup window (168 h).
+    assert await topic_config(kafka_bootstrap, names["DEDUP"], "cleanup.policy") == "compact,delete"
+    assert await topic_config(kafka_bootstrap, names["DEDUP"], "retention.ms") == str(168 * 3600 * 1000)
 
     create_topics(env, "--partitions", "4", "--grow")
     grown = await partitions_and_max_bytes(kafka_bootstrap, list(names.values()))
