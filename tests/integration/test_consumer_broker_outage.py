@@ -176,3 +176,56 @@ async def test_a_broker_outage_mid_stream_loses_nothing_and_commits_only_what_wa
             (record.topic, record.key, tuple(sorted(record.headers.items())))
         )
     assert all(len(variants) == 1 for variants in copies.values())
+
+
+@pytest.mark.timeout(900)
+async def test_exactly_once_through_a_broker_restart_mid_stream_every_output_is_visible_once(
+    restartable_broker: LocalBroker,
+    unique_name: Callable[[str], str],
+    new_group_id: Callable[[], str],
+) -> None:
+    bootstrap = restartable_broker.bootstrap
+    topics = await make_consumer_topics(bootstrap, unique_name, raw_partitions=PARTITIONS)
+    inputs = {p: [body(i) for i in range(p, 900, PARTITIONS)] for p in range(PARTITIONS)}
+    for partition, values in inputs.items():
+        await produce(bootstrap, topics.raw, values, partition=partition)
+    group = new_group_id()
+    settings = consumer_settings(
+        bootstrap,
+        topics,
+        group,
+        processing_guarantee="exactly-once",
+        batch_max_records=30,
+        producer_linger_ms=300,
+        producer_request_timeout_ms=5000,
+        session_timeout_ms=30_000,
+    )
+
+    async with running(create_app(settings), timeout=60) as app:
+
+        async def a_few_transactions() -> bool:
+            return (
+                app.metrics.registry.get_sample_value("exam_events_consumer_transactions_committed_total")
+                or 0
+            ) >= 2
+
+        await wait_until(a_few_transactions, what="the first transactions")
+        await asyncio.to_thread(restartable_broker.stop)  # transactions in flight fail or are fenced
+        await asyncio.sleep(3)
+        await asyncio.to_thread(restartable_broker.start)
+
+        async def all_committed() -> bool:
+            committed = await committed_offsets(bootstrap, group, topics.raw)
+            return committed == {p: len(values) for p, values in inputs.items()}
+
+        await wait_until(all_committed, timeout=300, what="every input to be committed after the restart")
+
+    expected = [
+        name
+        for p, values in inputs.items()
+        for o, value in enumerate(values)
+        for name in expected_identities(value, p, o)
+    ]
+    outputs = [r for topic in topics.outputs for r in await read_records(bootstrap, topic, timeout=60)]
+    seen = [identity(r.topic, r.headers) for r in outputs]
+    assert sorted(seen) == sorted(expected)  # each output exactly once under read_committed
