@@ -14,6 +14,7 @@ from a `finally` block while the event loop is being torn down (Ctrl-C).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -36,6 +37,7 @@ KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
 CREATE_TOPICS = ROOT / "scripts" / "create-topics"
 CLEANUP_POLICY = "cleanup.policy"
 DEDUP_CLEANUP_POLICY = "compact,delete"
+PROJECT_LOGGERS = frozenset({"consumer", "common", "handlers", "schemas", "ingress"})
 
 
 def process_gone(pid: int) -> bool:
@@ -111,10 +113,8 @@ class Broker:
 
     def kill_starter(self) -> None:
         if self._starter is not None and self._starter.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self._starter.kill()
-            except ProcessLookupError:
-                pass
         self._starter = None
 
     def recorded_pid(self) -> int | None:
@@ -147,10 +147,8 @@ class Broker:
         self.kill_starter()
         pids = self.pids()
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if not wait_gone(pids, 15.0):
             raise RuntimeError(f"broker process(es) {pids} still run 15 s after SIGKILL")
         return pids
@@ -205,10 +203,8 @@ class Child:
             if self.signalled is None:
                 self.signalled, self.signalled_at = "SIGKILL", time.monotonic()
             self.proc.kill()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
 
     async def get(self, client: httpx.AsyncClient, path: str) -> httpx.Response | None:
         try:
@@ -241,10 +237,12 @@ class Child:
             return "(no log)"
 
 
-def log_summary(paths: Sequence[Path], top: int = 5) -> dict[str, Any]:
-    """Lines per level over the consumers' JSON logs, and the most frequent warning/error events."""
-    levels: Counter[str] = Counter()
-    events: Counter[str] = Counter()
+def log_summary(paths: Sequence[Path], top: int = 6) -> dict[str, Any]:
+    """Over the consumers' JSON logs: lines per logger family (`consumer`, `aiokafka`, `faststream`,
+    `uvicorn`, ...) and level, and the most frequent warning/error events, the project's own first."""
+    levels: dict[str, Counter[str]] = {}
+    ours: Counter[str] = Counter()
+    theirs: Counter[str] = Counter()
     for path in paths:
         try:
             text = path.read_text(errors="replace")
@@ -254,16 +252,22 @@ def log_summary(paths: Sequence[Path], top: int = 5) -> dict[str, Any]:
             try:
                 entry = json.loads(line)
             except ValueError:
-                levels["not-json"] += 1
-                continue
+                entry = None
             if not isinstance(entry, dict):
-                levels["not-json"] += 1
+                levels.setdefault("not-json", Counter())["line"] += 1
                 continue
+            logger = str(entry.get("logger", "?"))
+            family = logger.split(".")[0]
             level = str(entry.get("level", "?")).lower()
-            levels[level] += 1
+            levels.setdefault(family, Counter())[level] += 1
             if level in ("warning", "error", "critical", "exception"):
-                events[f"{level}: {str(entry.get('event', '?'))[:120]}"] += 1
-    return {"levels": dict(levels), "top_events": events.most_common(top)}
+                event = " ".join(str(entry.get("event", "?")).split())[:140]
+                (ours if family in PROJECT_LOGGERS else theirs)[f"{level} [{logger}] {event}"] += 1
+    return {
+        "lines": {family: dict(counts) for family, counts in sorted(levels.items())},
+        "top_own": ours.most_common(top),
+        "top_libraries": theirs.most_common(3),
+    }
 
 
 # --- topics --------------------------------------------------------------------------------------
@@ -292,9 +296,10 @@ async def provision_topics(
         if proc.returncode is None:
             proc.kill()
         raise
-    log_path.write_bytes(out)
+    _write(log_path, out)
     if proc.returncode != 0:
-        raise RuntimeError(f"scripts/create-topics failed ({proc.returncode}): {out.decode(errors='replace')}")
+        text = out.decode(errors="replace")
+        raise RuntimeError(f"scripts/create-topics failed ({proc.returncode}): {text}")
 
     dedup = topics["dedup"]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -326,6 +331,10 @@ async def provision_topics(
     return f"{dedup} {who}, {CLEANUP_POLICY}={policy}"
 
 
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
 async def _cleanup_policy(admin: Any, topic: str) -> str:
     responses = await admin.describe_configs(
         [ConfigResource(ConfigResourceType.TOPIC, topic, configs={CLEANUP_POLICY: None})]
@@ -338,7 +347,9 @@ async def _cleanup_policy(admin: Any, topic: str) -> str:
     return "?"
 
 
-async def _wait_for_leaders(bootstrap: str, names: Sequence[str], partitions: int, timeout: float = 60) -> None:
+async def _wait_for_leaders(
+    bootstrap: str, names: Sequence[str], partitions: int, timeout: float = 60
+) -> None:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
@@ -392,7 +403,9 @@ async def group_progress(bootstrap: str, group_id: str, raw_topic: str, partitio
     finally:
         await admin.close()
     committed = {
-        tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == raw_topic and meta.offset >= 0
+        tp.partition: meta.offset
+        for tp, meta in offsets.items()
+        if tp.topic == raw_topic and meta.offset >= 0
     }
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()

@@ -445,8 +445,9 @@ class ExactlyOnceCheckpoint:
         await producer.commit_transaction()
         if not changelog_futures:
             return None
-        last = changelog_futures[-1].result()
-        return int(last.offset) + 1
+        # One writer per changelog partition (this producer), so the transaction's records are
+        # contiguous: the position after them is the first batch's base offset plus their count.
+        return int(changelog_futures[0].result().offset) + len(changelog)
 
     async def _abandon(self, state: PartitionState, exc: BaseException, records: list[RawRecord]) -> None:
         """Nothing of the transaction is committed: end it, acquire the partition afresh, rewind."""

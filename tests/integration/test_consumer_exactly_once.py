@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from consumer import app as app_module
 from consumer import checkpoint as checkpoint_module
 from consumer.app import create_app
+from consumer.checkpoint import InFlightBatch
 from consumer.settings import ConsumerSettings
 from tests.support.consumer_harness import (
     ConsumerTopics,
@@ -160,7 +161,7 @@ async def test_a_rebalance_mid_transaction_lets_the_transaction_commit_before_th
     for partition in range(3):
         await produce(kafka_bootstrap, topics.raw, bodies[partition::3], partition=partition)
     gate, in_transaction, rebalancing = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    real_queue = checkpoint_module.queue_records
+    real_queue = checkpoint_module.queue_records  # type: ignore[attr-defined]
 
     async def gated_queue(producer: Any, records: Any, *args: Any) -> Any:
         # The first member's first transactions stay open until a rebalance has begun.
@@ -169,7 +170,7 @@ async def test_a_rebalance_mid_transaction_lets_the_transaction_commit_before_th
             await gate.wait()
         return await real_queue(producer, records, *args)
 
-    class SignallingListener(app_module.InFlightBatch):
+    class SignallingListener(InFlightBatch):
         async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
             if revoked:
                 rebalancing.set()
@@ -214,7 +215,7 @@ async def test_a_fenced_producer_never_commits_and_its_records_stay_invisible(
     bodies = webhooks(8)
     await produce(kafka_bootstrap, topics.raw, bodies, partition=0)
     fenced_once = False
-    real_queue = checkpoint_module.queue_records
+    real_queue = checkpoint_module.queue_records  # type: ignore[attr-defined]
 
     async def queue_then_get_fenced(producer: Any, records: Any, *args: Any) -> Any:
         # After this transaction's records are produced, a second producer with the partition's
