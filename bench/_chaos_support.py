@@ -256,7 +256,8 @@ def log_summary(paths: Sequence[Path], top: int = 6) -> dict[str, Any]:
             if not isinstance(entry, dict):
                 levels.setdefault("not-json", Counter())["line"] += 1
                 continue
-            logger = str(entry.get("logger", "?"))
+            # The project's structlog lines carry no logger name; library lines do.
+            logger = str(entry.get("logger", "consumer"))
             family = logger.split(".")[0]
             level = str(entry.get("level", "?")).lower()
             levels.setdefault(family, Counter())[level] += 1

@@ -301,7 +301,7 @@ class ModeResult:
         found += [f"after SIGTERM: {text}" for text in self.sigterm_problems]
         if self.lost_sample:
             found.append(f"lost, e.g.: {', '.join(self.lost_sample)}")
-        if self.duplicate_sample:
+        if self.duplicate_sample and self.mode == "exactly-once":
             found.append(f"duplicated, e.g.: {', '.join(self.duplicate_sample)}")
         if self.unexpected_sample:
             found.append(f"unexpected, e.g.: {', '.join(self.unexpected_sample)}")
