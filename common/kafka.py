@@ -9,21 +9,10 @@ from __future__ import annotations
 import ssl
 from typing import Any, Literal
 
-from aiokafka.errors import (
-    InvalidProducerEpoch,
-    OutOfOrderSequenceNumber,
-    ProducerFenced,
-    UnknownProducerId,
-)
 from faststream.kafka.security import parse_security
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-# Broker answers about an idempotent producer's state after which only a new producer (a new
-# producer id, sequence numbers from 0) can succeed. aiokafka fails the batch but keeps its sender
-# task alive, so "is the sender task dead?" alone does not catch them.
-PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]

@@ -23,11 +23,21 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
-from common.kafka import PRODUCER_STATE_ERRORS as PRODUCER_STATE_ERRORS  # re-exported for the wrappers
 from common.kafka import KafkaConnectionSettings
 
 log = structlog.get_logger("producer")
+
+# Broker answers about an idempotent producer's state after which only a new producer (a new
+# producer id, sequence numbers from 0) can succeed. aiokafka fails the batch but keeps its sender
+# task alive, so "is the sender task dead?" alone does not catch them.
+PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
 
 ProducerFactory = Callable[..., Any]
 KwargsSource = Callable[[], Awaitable[dict[str, Any]]]
