@@ -254,7 +254,8 @@ def create_app(
         asyncapi_path=AsyncAPIRoute("/asyncapi", try_it_out_path=None),
         specification=AsyncAPI(
             title="exam-events consumer",
-            description="Reads raw Exam Results Released webhooks and publishes CloudEvents.",
+            description="Reads raw Exam Results Released webhooks and publishes CloudEvents "
+            f"({settings.processing_guarantee}; read the outputs with isolation.level=read_committed).",
             version="0.1.0",
         ),
         on_startup=[start],
@@ -298,7 +299,7 @@ def _exit(status: int) -> None:
 
 
 def _document_outputs(broker: KafkaBroker, settings: ConsumerSettings) -> None:
-    """Declare the output channels for the AsyncAPI document (records are sent by KafkaSender)."""
+    """Declare the output channels for the AsyncAPI document (our own producers send the records)."""
     outputs: list[tuple[str, str, Any]] = [
         (settings.passed_topic, "exam.result.passed (CloudEvents binary mode, key user.id)", ExamPassed),
         (settings.failed_topic, "exam.result.failed (CloudEvents binary mode, key user.id)", ExamFailed),
@@ -319,6 +320,15 @@ def _document_outputs(broker: KafkaBroker, settings: ConsumerSettings) -> None:
             bytes,
         ),
     ]
+    if settings.exactly_once:
+        outputs.append(
+            (
+                settings.dedup_topic,
+                "Exactly-once: changelog of the dedup store, compacted; partition p for raw partition p; "
+                "key the ce_id of a published event, value its type; written in the event's transaction",
+                str,
+            )
+        )
     for topic, description, schema in outputs:
         broker.publisher(topic, title=f"{topic}:publish", description=description, schema=schema)
 

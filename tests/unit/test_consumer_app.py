@@ -86,6 +86,7 @@ async def test_the_asyncapi_page_and_document_describe_the_consumer_channels(app
         "exam.resits",
         "exam.webhooks.dlq",
         "exam.webhooks.unrouted",
+        "exam.events.dedup",
     }
     assert "ExamResultsReleased" in document["components"]["schemas"]
 
