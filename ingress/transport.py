@@ -13,6 +13,9 @@ protocol over that transport, passed as `uvicorn.Config(http=...)`.
 `HeadLimitedHttpToolsProtocol` (which the one-write protocol extends) bounds the request line and
 headers: httptools itself accepts any amount. Above the limit the client gets 431 and the
 connection is closed. `http_protocol(...)` builds the class `uvicorn.Config(http=...)` takes.
+
+Both protocols close connections through `ingress.lingering.LingeringCloseTransport`, so an answer
+that closes the connection (413, 408, 431, 400, 500, 503) reaches a client that is still sending.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any, Literal
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from ingress.lingering import LingeringCloseTransport
 
 HttpImpl = Literal["one-write", "httptools"]
 
@@ -116,7 +121,11 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         self._heads_done = 0
         self._head_bytes = 0  # exact: URL and headers of the current request
         self._head_reads = 0  # reads spent entirely in the current head
-        super().connection_made(transport)
+        super().connection_made(self.wrap_transport(LingeringCloseTransport(transport)))
+
+    def wrap_transport(self, transport: asyncio.Transport) -> asyncio.Transport:
+        """The transport the HTTP protocol writes to, over the lingering one (here: that one)."""
+        return transport
 
     def data_received(self, data: bytes) -> None:
         was_in_head, heads_done = self._in_head, self._heads_done
@@ -196,8 +205,8 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
 class OneWriteHttpToolsProtocol(HeadLimitedHttpToolsProtocol):
     """uvicorn's httptools protocol (head limited), writing through a `CoalescingTransport`."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport, asyncio.get_running_loop()))
+    def wrap_transport(self, transport: asyncio.Transport) -> asyncio.Transport:
+        return CoalescingTransport(transport, asyncio.get_running_loop())
 
 
 def http_protocol(impl: HttpImpl, max_head_bytes: int) -> type[HeadLimitedHttpToolsProtocol]:

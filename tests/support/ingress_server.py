@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -53,6 +54,26 @@ async def exchange(port: int, data: bytes, *, read_timeout: float = 10) -> bytes
         writer.write(data)
         await writer.drain()
         return await read_until_quiet(reader, read_timeout)
+    finally:
+        writer.close()
+
+
+async def send_all_then_read(port: int, data: bytes, *, send_buffer: int = 64 * 1024) -> bytes:
+    """Write all of `data`, then read, as most HTTP clients do; `<RESET>` marks a reset connection.
+
+    The small send buffer keeps most of `data` in flight, as on a real network: on loopback the
+    kernel would otherwise buffer megabytes and hide a reset.
+    """
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        try:
+            writer.write(data)
+            await writer.drain()
+        except ConnectionError:
+            return b"<RESET>"
+        return await read_until_quiet(reader, 10)
     finally:
         writer.close()
 

@@ -6,9 +6,12 @@ No Kafka here (a recording producer); what is tested is our HTTP protocol class 
 from __future__ import annotations
 
 import asyncio
+import socket
 
+import httpx
 import pytest
 
+from ingress.lingering import LINGER_MAX_BYTES
 from tests.support.ingress_harness import RecordingProducer
 from tests.support.ingress_server import (
     AUTH,
@@ -16,10 +19,13 @@ from tests.support.ingress_server import (
     post_request,
     read_until_quiet,
     running_server,
+    send_all_then_read,
     statuses,
 )
 
 IMPLS = ["one-write", "httptools"]
+TWO_MIB = 2 * 1024 * 1024
+AUTH_VALUE = AUTH.removeprefix(b"authorization: ").strip().decode()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -145,3 +151,79 @@ async def test_connections_beyond_limit_concurrency_get_503() -> None:
             writer.close()
 
     assert statuses(raw) == [503]
+
+
+def chunked_post(body: bytes, chunk_size: int = 64 * 1024) -> bytes:
+    chunks = [body[i : i + chunk_size] for i in range(0, len(body), chunk_size)]
+    return (
+        b"POST /webhooks HTTP/1.1\r\nhost: ingress\r\n"
+        + AUTH
+        + b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
+        + b"0\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_client_that_sends_a_2_mib_body_whole_before_reading_gets_its_413_every_time(
+    impl: str, framing: str
+) -> None:
+    body = b'{"pad":"' + b"x" * TWO_MIB + b'"}'
+    request = post_request(body) if framing == "content-length" else chunked_post(body)
+    async with running_server(RecordingProducer(), http_impl=impl) as port:
+        answers = [await send_all_then_read(port, request) for _ in range(10)]
+
+    assert [statuses(raw) for raw in answers] == [[413]] * 10
+    assert all(raw.endswith(b"<EOF>") for raw in answers), [raw[-40:] for raw in answers]
+
+
+async def test_a_client_that_sends_huge_headers_and_a_body_before_reading_gets_its_431() -> None:
+    head = b"POST /webhooks HTTP/1.1\r\nhost: ingress\r\n" + b"x-junk: " + b"a" * 8192 + b"\r\n"
+    request = head + b"content-length: %d\r\n\r\n" % TWO_MIB + b"x" * TWO_MIB
+    async with running_server(RecordingProducer(), max_header_bytes=4096) as port:
+        answers = [await send_all_then_read(port, request) for _ in range(5)]
+
+    assert [statuses(raw) for raw in answers] == [[431]] * 5
+    assert all(raw.endswith(b"<EOF>") for raw in answers)
+
+
+async def test_a_client_that_never_stops_sending_after_its_413_is_cut_off() -> None:
+    # The drain after the answer is bounded in bytes: an endless sender is disconnected.
+    async with running_server(RecordingProducer(), max_body_bytes=1024) as port:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post_request(b"").replace(b"content-length: 0", b"content-length: 999999999"))
+        sent = await send_until_refused(writer, limit=20 * LINGER_MAX_BYTES)
+        writer.close()
+
+    assert sent < 20 * LINGER_MAX_BYTES
+
+
+async def send_until_refused(writer: asyncio.StreamWriter, *, limit: int) -> int:
+    """Bytes written until the connection broke (or `limit`, if it never did)."""
+    sent = 0
+    try:
+        while sent < limit:
+            writer.write(b"x" * 65536)
+            await writer.drain()
+            sent += 65536
+    except ConnectionError:
+        pass
+    return sent
+
+
+async def test_an_httpx_client_posting_2_mib_gets_413_every_time() -> None:
+    body = b'{"pad":"' + b"x" * TWO_MIB + b'"}'
+    async with running_server(RecordingProducer()) as port:
+        answers = await post_with_httpx(f"http://127.0.0.1:{port}", body, times=10)
+
+    assert answers == [413] * 10
+
+
+async def post_with_httpx(url: str, body: bytes, *, times: int) -> list[int]:
+    """Post `times` times; a small send buffer keeps the body in flight, as on a real network."""
+    headers = {"authorization": AUTH_VALUE, "content-type": "application/json"}
+    transport = httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)])
+    async with httpx.AsyncClient(transport=transport, base_url=url, timeout=30) as client:
+        answers = [await client.post("/webhooks", content=body, headers=headers) for _ in range(times)]
+    return [answer.status_code for answer in answers]
