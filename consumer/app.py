@@ -249,7 +249,7 @@ def create_app(
         broker,
         settings=settings,
         metrics=metrics,
-        asgi_routes=health_routes(ready, metrics.registry),
+        asgi_routes=health_routes(ready, metrics.registry, asyncapi_page="/asyncapi"),
         # No "try it out" route: it would let any HTTP caller publish to the cluster.
         asyncapi_path=AsyncAPIRoute("/asyncapi", try_it_out_path=None),
         specification=AsyncAPI(
