@@ -1,6 +1,9 @@
-"""The ingress as a plain ASGI app: authenticate, bound, check shape, produce, and only then say 202.
+"""The ingress as two plain ASGI apps: authenticate, bound, check shape, produce, and only then say 202.
 
-Routes: `POST /webhooks`, `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`.
+- `IngressApp`, on the public port (it faces the internet): `POST /webhooks` and
+  `GET /openapi.json`; anything else is 404.
+- `AdminApp` (`IngressApp.admin`), on the admin port: `GET /healthz`, `GET /readyz`, `GET /metrics`.
+
 Raw ASGI rather than a framework: the hot path is a handful of dict lookups, one JSON parse and
 one produce, and every status it can answer is visible in `WebhookEndpoint.handle`.
 """
@@ -21,10 +24,11 @@ from typing import Any
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from common.readiness import readiness
 from ingress.auth import BASIC_REALM, WEBHOOK_ID, AuthenticationFailed, Authenticator, authenticator_from
 from ingress.metrics import IngressMetrics
 from ingress.openapi import WEBHOOK_RESPONSES, openapi_document
-from ingress.producer import ProduceFailed, RecordProducer, RecordTooLarge
+from ingress.producer import KafkaUnreachable, ProduceFailed, Readiness, RecordProducer, RecordTooLarge
 from ingress.settings import IngressSettings
 
 Scope = MutableMapping[str, Any]
@@ -334,8 +338,14 @@ class WebhookEndpoint:
             record_headers.append((HEADER_EVENT_NAME, name.encode()))
 
         produce_started = time.perf_counter()
+        tried = True
         try:
             delivery = await self._producer.produce(self._topic, body, key, record_headers)
+        except KafkaUnreachable as exc:
+            # Answered at once, without waiting out the produce timeout: there is no produce to time.
+            tried = False
+            self._metrics.fast_refusals.inc()
+            return self._unavailable(str(exc))
         except ProduceFailed as exc:
             return self._unavailable(str(exc))
         except RecordTooLarge as exc:
@@ -346,7 +356,8 @@ class WebhookEndpoint:
             context["error"] = _where(exc)
             return self._unavailable(f"produce failed: {type(exc).__name__}")
         finally:
-            self._metrics.produce_seconds.observe(time.perf_counter() - produce_started)
+            if tried:
+                self._metrics.produce_seconds.observe(time.perf_counter() - produce_started)
         self._metrics.produced_bytes.inc(len(body))
         # What `_json({"webhookId": ..., "topic": ..., "partition": ..., "offset": ...})` writes, cheaper.
         accepted = b'{"webhookId":%s,"topic":%s,"partition":%d,"offset":%d}' % (
@@ -385,8 +396,46 @@ class WebhookEndpoint:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+async def _not_found(send: Send) -> None:
+    await respond(send, 404, _json({"error": "not found"}), JSON_TYPE)
+
+
+async def _method_not_allowed(send: Send, allowed: str) -> None:
+    await respond(
+        send, 405, _json({"error": "method not allowed"}), JSON_TYPE, [(b"allow", allowed.encode())]
+    )
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # The composition root owns the producer's life; the apps only acknowledge the protocol.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+Page = Callable[[Send], Awaitable[None]]
+
+
+async def _serve_page(routes: dict[str, Page], scope: Scope, send: Send) -> None:
+    """A `GET` (or `HEAD`) page of `routes`; 405 for another method, 404 for another path."""
+    page = routes.get(scope["path"])
+    if page is None:
+        await _not_found(send)
+    elif scope["method"] not in ("GET", "HEAD"):
+        await _method_not_allowed(send, "GET")
+    else:
+        await page(send)
+
+
 class IngressApp:
-    """The ASGI application: routes to the webhook endpoint, probes, metrics and the OpenAPI document."""
+    """The public ASGI application: the webhook endpoint and the OpenAPI document, nothing else.
+
+    `admin` is the app of the admin port (probes and metrics), sharing the producer and metrics.
+    """
 
     def __init__(
         self,
@@ -396,75 +445,64 @@ class IngressApp:
         metrics: IngressMetrics,
     ) -> None:
         self.metrics = metrics
-        self._producer = producer
+        self.admin = AdminApp(producer, metrics)
         self._webhooks = WebhookEndpoint(settings, producer, authenticator, metrics)
         self._openapi = json.dumps(openapi_document(), indent=2).encode()
-        self._routes: dict[str, tuple[str, Callable[[Send], Awaitable[None]]]] = {
-            "/healthz": ("GET", self._healthz),
-            "/readyz": ("GET", self._readyz),
-            "/metrics": ("GET", self._metrics_page),
-            "/openapi.json": ("GET", self._openapi_page),
+        self._pages: dict[str, Page] = {"/openapi.json": self._openapi_page}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] == "http":
+            if scope["path"] != "/webhooks":
+                await _serve_page(self._pages, scope, send)
+            elif scope["method"] == "POST":
+                await self._webhooks(scope, receive, send)
+            else:
+                await _method_not_allowed(send, "POST")
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _openapi_page(self, send: Send) -> None:
+        await respond(send, 200, self._openapi, JSON_TYPE)
+
+
+class AdminApp:
+    """The admin port's ASGI application: `/healthz`, `/readyz`, `/metrics`. Not for the internet."""
+
+    def __init__(self, producer: RecordProducer, metrics: IngressMetrics) -> None:
+        self.metrics = metrics
+        self._producer = producer
+        # Set by the composition root once a shutdown began: /readyz says so while requests drain.
+        self.shutting_down = False
+        metrics.track_kafka(producer.unreachable)
+        self._pages: dict[str, Page] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/metrics": self._metrics_page,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
         if scope["type"] == "http":
-            await self._http(scope, receive, send)
+            await _serve_page(self._pages, scope, send)
         elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path, method = scope["path"], scope["method"]
-        if path == "/webhooks":
-            if method == "POST":
-                await self._webhooks(scope, receive, send)
-            else:
-                await self._method_not_allowed(send, "POST")
-            return
-        route = self._routes.get(path)
-        if route is None:
-            await respond(send, 404, _json({"error": "not found"}), JSON_TYPE)
-        elif method not in (route[0], "HEAD"):
-            await self._method_not_allowed(send, route[0])
-        else:
-            await route[1](send)
-
-    @staticmethod
-    async def _method_not_allowed(send: Send, allowed: str) -> None:
-        await respond(
-            send, 405, _json({"error": "method not allowed"}), JSON_TYPE, [(b"allow", allowed.encode())]
-        )
+            await _lifespan(receive, send)
 
     async def _healthz(self, send: Send) -> None:
         await respond(send, 200, b'{"status":"ok"}', JSON_TYPE)
 
     async def _readyz(self, send: Send) -> None:
         try:
-            ready = await self._producer.ready()
+            report = await self._producer.readiness()
         except Exception:
             log.exception("readiness_check_crashed")
-            ready = False
-        if ready:
-            await respond(send, 200, b'{"ready":true}', JSON_TYPE)
-        else:
-            await respond(send, 503, b'{"ready":false}', JSON_TYPE)
+            report = Readiness(False, {"readiness_check_crashed": True})
+        checks = {**report.checks, "shutting_down": self.shutting_down}
+        status, body = readiness(report.ready and not self.shutting_down, checks)
+        await respond(send, status, body, JSON_TYPE)
 
     async def _metrics_page(self, send: Send) -> None:
         await respond(send, 200, self.metrics.exposition(), CONTENT_TYPE_LATEST.encode())
-
-    async def _openapi_page(self, send: Send) -> None:
-        await respond(send, 200, self._openapi, JSON_TYPE)
-
-    @staticmethod
-    async def _lifespan(receive: Receive, send: Send) -> None:
-        # The composition root owns the producer's life; the app only acknowledges the protocol.
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
 
 def create_app(
@@ -474,7 +512,8 @@ def create_app(
     authenticator: Authenticator | None = None,
     metrics: IngressMetrics | None = None,
 ) -> IngressApp:
-    """Build the app; nothing connects here: the producer is built and started by the caller."""
+    """Build the public app (and its `admin` app); nothing connects here: the producer is built and
+    started by the caller."""
     return IngressApp(
         settings,
         producer,

@@ -1,4 +1,12 @@
-"""Composition root: settings, logging, producer and HTTP server, built at start-up and nowhere else."""
+"""Composition root: settings, logging, producer and the two HTTP servers, built at start-up and
+nowhere else.
+
+The public server (INGRESS_PORT) serves the webhook routes; the admin server (INGRESS_ADMIN_PORT)
+serves /healthz, /readyz and /metrics. Both are uvicorn servers on the same event loop, and they
+stop together (`IngressServers`): a signal stops the public one, graceful as before, while the admin
+one keeps answering (/readyz says `shutting_down`) until the public one is done; a server that
+cannot start (its port taken) stops the other, and the process exits 1.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +20,21 @@ import structlog
 import uvicorn
 
 from common.logging import configure_logging
-from ingress.app import IngressApp, create_app
+from common.settings import load_settings
+from ingress.app import AdminApp, IngressApp, create_app
 from ingress.producer import KafkaRecordProducer
 from ingress.settings import IngressSettings
 from ingress.transport import http_protocol
 
 log = structlog.get_logger("ingress")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The admin port serves probes and scrapes, never bodies: a few connections are plenty.
+ADMIN_LIMIT_CONCURRENCY = 32
+
+
+class ServerFailed(Exception):
+    """One of the HTTP servers could not start or ended by itself (e.g. its port was taken)."""
 
 
 class _Server(uvicorn.Server):
@@ -46,7 +63,7 @@ def graceful_shutdown_seconds(settings: IngressSettings) -> int:
 
 
 def server_config(app: IngressApp, settings: IngressSettings) -> uvicorn.Config:
-    """uvicorn's settings for the app: protocol, limits, timeouts; no logging or signals of its own."""
+    """uvicorn's settings for the public app: protocol, limits, timeouts; no logging or signals of its own."""
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -65,23 +82,94 @@ def server_config(app: IngressApp, settings: IngressSettings) -> uvicorn.Config:
     )
 
 
-def _on_signal(server: uvicorn.Server) -> None:
-    if server.should_exit:
-        log.warning("forced_exit", hint="second signal: not waiting for the requests in flight")
-        server.force_exit = True
-    server.should_exit = True
+def admin_server_config(app: AdminApp, settings: IngressSettings) -> uvicorn.Config:
+    """uvicorn's settings for the admin app: uvicorn's httptools protocol, headers bounded."""
+    return uvicorn.Config(
+        app,
+        host=settings.admin_host or settings.host,
+        port=settings.admin_port,
+        loop="none",
+        http=http_protocol("httptools", settings.max_header_bytes),
+        limit_concurrency=ADMIN_LIMIT_CONCURRENCY,
+        ws="none",
+        lifespan="off",
+        access_log=False,  # probes every few seconds would drown the request lines
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,
+        # /readyz waits at most the produce timeout for its metadata refresh.
+        timeout_graceful_shutdown=math.ceil(settings.produce_timeout_seconds) + 2,
+    )
+
+
+class IngressServers:
+    """The public and the admin server of one process, on one event loop, stopped together."""
+
+    def __init__(self, app: IngressApp, settings: IngressSettings) -> None:
+        self.app = app
+        self.public = _Server(server_config(app, settings))
+        self.admin = _Server(admin_server_config(app.admin, settings))
+
+    @property
+    def started(self) -> bool:
+        """True once both servers listen."""
+        return self.public.started and self.admin.started
+
+    def stop(self) -> None:
+        """What SIGTERM or SIGINT does: stop the public server gracefully (the admin one follows it);
+        a second call stops waiting for the requests in flight."""
+        if self.public.should_exit:
+            log.warning("forced_exit", hint="second signal: not waiting for the requests in flight")
+            self.public.force_exit = self.admin.force_exit = True
+        self.public.should_exit = True
+        self.app.admin.shutting_down = True
+
+    async def serve(self) -> None:
+        """Serve until the public server stopped (after `stop()`), or either one failed; then stop both.
+
+        Raises `ServerFailed` when a server could not start or ended without `stop()`.
+        """
+        public = asyncio.create_task(_serve(self.public), name="ingress-public-server")
+        admin = asyncio.create_task(_serve(self.admin), name="ingress-admin-server")
+        try:
+            await asyncio.wait({public, admin}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Whichever ended first, the other follows; the admin one answers until the public one is done.
+            self.public.should_exit = True
+            self.app.admin.shutting_down = True
+            await asyncio.wait({public})
+            self.admin.should_exit = True
+            await asyncio.wait({admin})
+        failed = [name for name, task in (("public", public), ("admin", admin)) if not task.result()]
+        if failed:
+            raise ServerFailed(f"the {' and '.join(failed)} server could not start or stopped by itself")
+
+
+async def _serve(server: uvicorn.Server) -> bool:
+    """Run one uvicorn server; True when it started and was asked to stop."""
+    try:
+        await server.serve()
+    except SystemExit:
+        # uvicorn's answer to a port it cannot bind (it logged the OSError): not ours to exit on.
+        log.error("server_failed_to_start", host=server.config.host, port=server.config.port)
+        return False
+    except Exception as exc:
+        log.error("server_crashed", port=server.config.port, error=repr(exc)[:500])
+        return False
+    return server.started and server.should_exit
 
 
 async def run_server(app: IngressApp, settings: IngressSettings) -> None:
-    """Serve the app until SIGTERM or SIGINT, then finish the requests in flight; a second signal exits."""
-    server = _Server(server_config(app, settings))
+    """Serve the public and the admin port until SIGTERM or SIGINT, then finish the requests in flight;
+    a second signal stops waiting for them."""
+    servers = IngressServers(app, settings)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal, server)
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, servers.stop)
     try:
-        await server.serve()
+        await servers.serve()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in SIGNALS:
             loop.remove_signal_handler(sig)
 
 
@@ -96,6 +184,7 @@ async def serve(settings: IngressSettings) -> None:
     log.info(
         "ingress_starting",
         port=settings.port,
+        admin_port=settings.admin_port,
         topic=settings.raw_topic,
         basic_auth=settings.basic_auth_configured,
         signing_secret_count=len(settings.signing_secrets),
@@ -111,17 +200,13 @@ async def serve(settings: IngressSettings) -> None:
 
 
 def main() -> None:
-    """`python -m ingress`."""
-    import sys
-
+    """`python -m ingress`: exit 0 after a signal, 2 on invalid settings, 1 when a server failed."""
     import uvloop
-    from pydantic import ValidationError
 
-    try:
-        settings = IngressSettings()
-    except ValidationError as exc:
-        problems = "; ".join(str(error["msg"]) for error in exc.errors())
-        print(f"ingress: invalid settings: {problems}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = load_settings(IngressSettings, "ingress")
     configure_logging("ingress", settings.log_level)
-    uvloop.run(serve(settings))
+    try:
+        uvloop.run(serve(settings))
+    except ServerFailed as exc:
+        log.error("ingress_failed", reason=str(exc))
+        raise SystemExit(1) from None

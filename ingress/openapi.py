@@ -1,4 +1,7 @@
-"""The OpenAPI description of the ingress, built from the same constants the app answers with.
+"""The OpenAPI description of the ingress's public port, built from the same constants the app answers with.
+
+Only what the public port serves is described: `POST /webhooks` and `GET /openapi.json`. The admin
+port's /healthz, /readyz and /metrics are operators', not senders' (docs/ingress.md).
 
 `python -m ingress.openapi > docs/ingress-openapi.json` regenerates the committed copy; a unit test
 fails when the two differ.
@@ -21,9 +24,10 @@ WEBHOOK_RESPONSES: dict[int, str] = {
     408: "The body did not arrive within INGRESS_BODY_READ_TIMEOUT_SECONDS; the connection is closed.",
     415: "The content type is not application/json (or application/*+json).",
     500: "A bug of ours; nothing is promised, retry later. The connection is closed.",
-    503: "Kafka did not acknowledge within INGRESS_PRODUCE_TIMEOUT_SECONDS or cannot be reached, or the "
-    "server is shutting down. Nothing is promised: retry after the Retry-After seconds. (Beyond "
-    "INGRESS_LIMIT_CONCURRENCY connections, uvicorn answers 503 in text/plain without Retry-After.)",
+    503: "Kafka did not acknowledge within INGRESS_PRODUCE_TIMEOUT_SECONDS, or is known to be unreachable "
+    "(answered at once, without waiting for the timeout), or the server is shutting down. Nothing is "
+    "promised: retry after the Retry-After seconds. (Beyond INGRESS_LIMIT_CONCURRENCY connections, "
+    "uvicorn answers 503 in text/plain without Retry-After.)",
 }
 
 # Answered by the HTTP server before the app sees the request (text/plain, connection closed).
@@ -101,7 +105,8 @@ def openapi_document() -> dict[str, Any]:
             "title": "exam-events webhook ingress",
             "version": "1",
             "description": "Stores each webhook body, byte for byte, on a Kafka topic and answers 202 only "
-            "once Kafka has acknowledged it. Either authentication scheme admits a request.",
+            "once Kafka has acknowledged it. Either authentication scheme admits a request. This is the "
+            "public port (INGRESS_PORT); probes and metrics are on the admin port (INGRESS_ADMIN_PORT).",
         },
         "paths": {
             "/webhooks": {
@@ -118,36 +123,12 @@ def openapi_document() -> dict[str, Any]:
                     "responses": responses,
                 }
             },
-            "/healthz": {
-                "get": {
-                    "operationId": "healthz",
-                    "summary": "The process is alive",
-                    "security": [],
-                    "responses": {"200": {"description": "Alive."}},
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "operationId": "readyz",
-                    "summary": "The producer is connected and has fresh metadata",
-                    "security": [],
-                    "responses": {"200": {"description": "Ready."}, "503": {"description": "Not ready."}},
-                }
-            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
                     "summary": "This OpenAPI document",
                     "security": [],
                     "responses": {"200": {"description": "The document (JSON)."}},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "summary": "Prometheus metrics",
-                    "security": [],
-                    "responses": {"200": {"description": "Prometheus text exposition format."}},
                 }
             },
         },

@@ -22,8 +22,21 @@ class IngressSettings(BaseSettings):
     # Errors never echo their input: it may be a password or a signing secret.
     model_config = SettingsConfigDict(env_prefix="INGRESS_", extra="ignore", hide_input_in_errors=True)
 
-    host: str = Field("0.0.0.0", description="Address to listen on.")  # noqa: S104  # a container's port
-    port: int = Field(8080, ge=1, le=65535, description="TCP port to listen on.")
+    host: str = Field(
+        "0.0.0.0",  # noqa: S104  # a container's port
+        description="Address of the public port (the webhook routes and /openapi.json).",
+    )
+    port: int = Field(8080, ge=1, le=65535, description="Public TCP port: `POST /webhooks`, `/openapi.json`.")
+    admin_host: str | None = Field(
+        None, description="Address of the admin port (/healthz, /readyz, /metrics); default: INGRESS_HOST."
+    )
+    admin_port: int = Field(
+        8082,
+        ge=1,
+        le=65535,
+        description="Admin TCP port: /healthz, /readyz, /metrics; keep it off the internet. (The "
+        "consumer's is 8081.)",
+    )
     basic_auth_username: str | None = Field(
         None, min_length=1, description="HTTP Basic user name the sender uses (no `:`, RFC 7617)."
     )
@@ -109,6 +122,17 @@ class IngressSettings(BaseSettings):
         for position, secret in enumerate(secrets, start=1):
             signing_key(secret, position)
         return secrets
+
+    @model_validator(mode="after")
+    def _admin_port_of_its_own(self) -> IngressSettings:
+        if self.admin_port == self.port:
+            raise ValueError(
+                f"INGRESS_ADMIN_PORT must differ from INGRESS_PORT (both {self.port}): the admin routes "
+                "must not be served on the public port"
+            )
+        if self.admin_host is None:
+            self.admin_host = self.host
+        return self
 
     @model_validator(mode="after")
     def _some_authentication_is_configured(self) -> IngressSettings:

@@ -1,4 +1,6 @@
-"""`python -m ingress` as operators run it: posts reach Kafka, SIGTERM exits 0, the log stays clean."""
+"""`python -m ingress` as operators run it: posts reach Kafka on the public port, probes and metrics
+answer on the admin port, a refusal reaches a client still sending, SIGTERM exits 0, the log stays
+clean."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.broker import ROOT
 from tests.support.ingress_harness import JSON, PASSWORD, SIGNING_SECRET, USERNAME, basic_auth, signed
 from tests.support.ingress_process import ingress_environment, ingress_process
+from tests.support.ingress_server import post_request, send_all_then_read, statuses
 from tests.support.kafka_io import read_records
 
 CREDENTIALS = {
@@ -39,13 +43,21 @@ async def test_the_ingress_process_stores_posts_and_exits_0_on_sigterm(
             refused = await client.post(
                 "/webhooks", content=sample_body, headers={**JSON, **basic_auth(password="nope")}
             )
-            ready = await client.get("/readyz")
+            public_probe = await client.get("/readyz")
+            public_metrics = await client.get("/metrics")
+        async with httpx.AsyncClient(base_url=ingress.admin_url, timeout=30) as admin:
+            ready = await admin.get("/readyz")
+            metrics = (await admin.get("/metrics")).text
 
         ingress.process.send_signal(signal.SIGTERM)
         exit_code = await asyncio.to_thread(ingress.process.wait, 60)
 
     assert [by_password.status_code, by_signature.status_code, refused.status_code] == [202, 202, 401]
+    assert (public_probe.status_code, public_metrics.status_code) == (404, 404)
     assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    assert ready.json()["checks"]["broker_reachable"] is True
+    assert 'exam_events_ingress_requests_total{status="202"} 2.0' in metrics
     assert exit_code == 0
     records = await read_records(kafka_bootstrap, topic, count=2)
     assert [r.value for r in records] == [sample_body, sample_body]
@@ -57,15 +69,42 @@ async def test_the_ingress_process_stores_posts_and_exits_0_on_sigterm(
         assert secret not in log
 
 
-def test_the_ingress_refuses_to_start_without_authentication(kafka_bootstrap: str) -> None:
+@pytest.mark.parametrize(
+    ("settings", "line"),
+    [
+        ({}, "ingress: invalid settings: no authentication configured"),
+        (
+            {"INGRESS_ALLOW_UNAUTHENTICATED": "true", "INGRESS_ADMIN_PORT": "1"},
+            "ingress: invalid settings: INGRESS_ADMIN_PORT must differ from INGRESS_PORT (both 1)",
+        ),
+    ],
+    ids=["without authentication", "admin port equal to the public port"],
+)
+def test_the_ingress_refuses_to_start_with_invalid_settings_in_one_line_and_exit_2(
+    kafka_bootstrap: str, settings: dict[str, str], line: str
+) -> None:
     finished = subprocess.run(
         [sys.executable, "-m", "ingress"],
         cwd=ROOT,
-        env=ingress_environment(kafka_bootstrap, "unused", 1),
+        env=ingress_environment(kafka_bootstrap, "unused", 1, **settings),
         capture_output=True,
         text=True,
         timeout=60,
     )
 
     assert finished.returncode == 2
-    assert "no authentication configured" in finished.stderr
+    assert finished.stderr.startswith(line)
+    assert finished.stderr.count("\n") == 1
+
+
+async def test_a_client_sending_2_mib_before_reading_gets_the_processs_413_every_time(
+    kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]], tmp_path: Path
+) -> None:
+    # Under uvloop, as in production: the lingering close's half-close and protocol swap.
+    topic = await new_topic("raw-e2e-413")
+    body = b'{"pad":"' + b"x" * (2 * 1024 * 1024) + b'"}'
+    with ingress_process(kafka_bootstrap, topic, tmp_path / "ingress.log", **CREDENTIALS) as ingress:
+        answers = [await send_all_then_read(ingress.port, post_request(body)) for _ in range(10)]
+
+    assert [statuses(raw) for raw in answers] == [[413]] * 10
+    assert all(raw.endswith(b"<EOF>") for raw in answers)

@@ -22,8 +22,8 @@ async def topic(new_topic: NewTopic) -> str:
 
 @pytest.fixture
 async def client(kafka_bootstrap: str, topic: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_ingress(kafka_bootstrap, topic, max_body_bytes=64 * 1024) as (http, _producer):
-        yield http
+    async with running_ingress(kafka_bootstrap, topic, max_body_bytes=64 * 1024) as ingress:
+        yield ingress.client
 
 
 async def post(client: httpx.AsyncClient, body: bytes, headers: dict[str, str]) -> httpx.Response:

@@ -42,10 +42,10 @@ async def test_a_body_at_the_limit_on_a_default_topic_gets_413_and_later_posts_2
     assert await max_message_bytes(KafkaConnectionSettings(bootstrap_servers=kafka_bootstrap), topic) < (
         1024 * 1024 + 1024
     )
-    async with running_ingress(kafka_bootstrap, topic, max_body_bytes=1024 * 1024) as (client, _producer):
-        at_limit = await post(client, body_of(1024 * 1024))
-        small = [await post(client, json.dumps({**USER, "n": n}).encode()) for n in range(3)]
-        ready = await client.get("/readyz")
+    async with running_ingress(kafka_bootstrap, topic, max_body_bytes=1024 * 1024) as ingress:
+        at_limit = await post(ingress.client, body_of(1024 * 1024))
+        small = [await post(ingress.client, json.dumps({**USER, "n": n}).encode()) for n in range(3)]
+        ready = await ingress.admin.get("/readyz")
 
     assert at_limit.status_code == 413
     assert [r.status_code for r in small] == [202, 202, 202]
@@ -58,7 +58,8 @@ async def test_a_limit_lowered_after_connecting_gets_413_once_and_the_producer_r
     kafka_bootstrap: str, new_topic: NewTopic
 ) -> None:
     topic = await new_topic("raw-lowered")
-    async with running_ingress(kafka_bootstrap, topic, max_body_bytes=64 * 1024) as (client, _producer):
+    async with running_ingress(kafka_bootstrap, topic, max_body_bytes=64 * 1024) as ingress:
+        client = ingress.client
         assert (await post(client, body_of(100))).status_code == 202
         await set_max_message_bytes(kafka_bootstrap, topic, 16 * 1024)
 

@@ -7,16 +7,23 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from pydantic import SecretStr
 
 from common.kafka import KafkaConnectionSettings
-from ingress.app import IngressApp, create_app
+from ingress.app import AdminApp, IngressApp, create_app
 from ingress.auth import sign
 from ingress.bootstrap import build_producer
-from ingress.producer import Delivery, Headers, KafkaRecordProducer, ProduceFailed
+from ingress.producer import (
+    Delivery,
+    Headers,
+    KafkaRecordProducer,
+    KafkaUnreachable,
+    ProduceFailed,
+    Readiness,
+)
 from ingress.settings import IngressSettings
 
 USERNAME = "synap"
@@ -72,22 +79,30 @@ class Produced:
 
 @dataclass
 class RecordingProducer:
-    """Stores records in a list; `failure` makes every produce raise it instead."""
+    """Stores records in a list; `failure` makes every produce raise it instead, and
+    `unreachable_reason` makes it refuse at once as a producer that knows Kafka is unreachable."""
 
     records: list[Produced] = field(default_factory=list)
     failure: Exception | None = None
     is_ready: bool = True
+    unreachable_reason: str | None = None
 
     async def produce(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Delivery:
         """Record the call, or fail as told."""
+        if self.unreachable_reason is not None:
+            raise KafkaUnreachable(self.unreachable_reason)
         if self.failure is not None:
             raise self.failure
         self.records.append(Produced(topic, value, key, dict(headers)))
         return Delivery(0, len(self.records) - 1)
 
-    async def ready(self) -> bool:
+    def unreachable(self) -> str | None:
         """As told."""
-        return self.is_ready
+        return self.unreachable_reason
+
+    async def readiness(self) -> Readiness:
+        """As told, with one check saying so."""
+        return Readiness(self.is_ready, {"producer_running": self.is_ready})
 
 
 def unavailable() -> ProduceFailed:
@@ -95,24 +110,31 @@ def unavailable() -> ProduceFailed:
     return ProduceFailed("no acknowledgement within 5 s")
 
 
-def client_for(app: IngressApp) -> httpx.AsyncClient:
-    """An HTTP client that calls the app in-process."""
+def client_for(app: IngressApp | AdminApp) -> httpx.AsyncClient:
+    """An HTTP client that calls the app (public, or its `admin`) in-process."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingress", timeout=60)
 
 
+class RunningIngress(NamedTuple):
+    """Clients of the public and the admin app, and the started Kafka producer behind them."""
+
+    client: httpx.AsyncClient
+    admin: httpx.AsyncClient
+    producer: KafkaRecordProducer
+
+
 @asynccontextmanager
-async def running_ingress(
-    bootstrap: str, topic: str, **overrides: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, KafkaRecordProducer]]:
-    """The app with a started Kafka producer against a real broker, and a client to it."""
+async def running_ingress(bootstrap: str, topic: str, **overrides: Any) -> AsyncIterator[RunningIngress]:
+    """The app with a started Kafka producer against a real broker, and clients of both its ports."""
     settings = ingress_settings(
         raw_topic=topic, kafka=KafkaConnectionSettings(bootstrap_servers=bootstrap), **overrides
     )
     producer = build_producer(settings)
     await producer.start()
     try:
-        async with client_for(create_app(settings, producer=producer)) as client:
-            yield client, producer
+        app = create_app(settings, producer=producer)
+        async with client_for(app) as client, client_for(app.admin) as admin:
+            yield RunningIngress(client, admin, producer)
     finally:
         await producer.stop()
 

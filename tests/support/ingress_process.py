@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.broker import ROOT, free_port
+from tests.support.broker import ROOT
+from tests.support.ingress_server import two_free_ports
 
 
 @dataclass
@@ -22,11 +23,18 @@ class IngressProcess:
 
     process: subprocess.Popen[bytes]
     port: int
+    admin_port: int
     log_path: Path
 
     @property
     def url(self) -> str:
+        """The public port: the webhook routes and /openapi.json."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The admin port: /healthz, /readyz, /metrics."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -49,17 +57,18 @@ def ingress_environment(bootstrap: str, topic: str, port: int, **extra: str) -> 
 
 @contextmanager
 def ingress_process(bootstrap: str, topic: str, log_path: Path, **settings: str) -> Iterator[IngressProcess]:
-    """Start the ingress, wait (bounded) until /healthz answers, and kill it on exit if still running."""
-    port = free_port()
+    """Start the ingress, wait (bounded) until /healthz answers on the admin port, and kill it on exit
+    if still running."""
+    port, admin_port = two_free_ports()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "ingress"],
             cwd=ROOT,
-            env=ingress_environment(bootstrap, topic, port, **settings),
+            env=ingress_environment(bootstrap, topic, port, INGRESS_ADMIN_PORT=str(admin_port), **settings),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    running = IngressProcess(process, port, log_path)
+    running = IngressProcess(process, port, admin_port, log_path)
     try:
         wait_until_healthy(running)
         yield running
@@ -70,12 +79,12 @@ def ingress_process(bootstrap: str, topic: str, log_path: Path, **settings: str)
 
 
 def wait_until_healthy(running: IngressProcess, attempts: int = 300) -> None:
-    """Poll /healthz every 0.1 s until it answers, the process dies, or the attempts run out."""
+    """Poll /healthz (admin port) every 0.1 s until it answers, the process dies, or the attempts run out."""
     for _ in range(attempts):
         if running.process.poll() is not None:
             raise RuntimeError(f"ingress exited with {running.process.returncode}:\n{running.log()}")
         try:
-            if httpx.get(f"{running.url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{running.admin_url}/healthz", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass

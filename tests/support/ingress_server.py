@@ -7,12 +7,14 @@ import base64
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from ingress.app import create_app
-from ingress.bootstrap import _Server, server_config
+from ingress.bootstrap import IngressServers
+from ingress.producer import RecordProducer
 from tests.support.broker import free_port
-from tests.support.ingress_harness import PASSWORD, USERNAME, RecordingProducer, ingress_settings
+from tests.support.ingress_harness import PASSWORD, USERNAME, ingress_settings
 
 AUTH = b"authorization: Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()) + b"\r\n"
 
@@ -29,22 +31,50 @@ def post_request(body: bytes, extra: bytes = b"") -> bytes:
     )
 
 
+def two_free_ports() -> tuple[int, int]:
+    """Two different free loopback ports (the public and the admin one)."""
+    public = free_port()
+    admin = free_port()
+    while admin == public:
+        admin = free_port()
+    return public, admin
+
+
+@dataclass
+class ServedIngress:
+    """Both servers of the ingress, serving on loopback; `task` runs `servers.serve()`."""
+
+    port: int
+    admin_port: int
+    servers: IngressServers
+    task: asyncio.Task[None]
+
+
 @asynccontextmanager
-async def running_server(producer: RecordingProducer, **overrides: Any) -> AsyncIterator[int]:
-    """Serve the app with uvicorn as `python -m ingress` configures it; yield the port."""
-    settings = ingress_settings(host="127.0.0.1", port=free_port(), **overrides)
-    server = _Server(server_config(create_app(settings, producer=producer), settings))
-    task = asyncio.create_task(server.serve())
+async def running_servers(producer: RecordProducer, **overrides: Any) -> AsyncIterator[ServedIngress]:
+    """Serve the app on both ports, with uvicorn as `python -m ingress` configures it."""
+    port, admin_port = two_free_ports()
+    settings = ingress_settings(host="127.0.0.1", port=port, admin_port=admin_port, **overrides)
+    servers = IngressServers(create_app(settings, producer=producer), settings)
+    task = asyncio.create_task(servers.serve())
     try:
         for _ in range(200):
-            if server.started or task.done():
+            if servers.started or task.done():
                 break
             await asyncio.sleep(0.05)
-        assert server.started, "uvicorn did not start"
-        yield settings.port
+        assert servers.started, "uvicorn did not start"
+        yield ServedIngress(port, admin_port, servers, task)
     finally:
-        server.should_exit = True
+        if not task.done():
+            servers.stop()
         await asyncio.wait_for(task, 30)
+
+
+@asynccontextmanager
+async def running_server(producer: RecordProducer, **overrides: Any) -> AsyncIterator[int]:
+    """Serve the app as `python -m ingress` does; yield the public port."""
+    async with running_servers(producer, **overrides) as served:
+        yield served.port
 
 
 async def exchange(port: int, data: bytes, *, read_timeout: float = 10) -> bytes:
@@ -91,6 +121,16 @@ async def read_until_quiet(reader: asyncio.StreamReader, quiet: float) -> bytes:
         if not chunk:
             return out + b"<EOF>"
         out += chunk
+
+
+async def refuses_connections(port: int) -> bool:
+    """True when nothing listens on the loopback port."""
+    try:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
 
 
 def statuses(raw: bytes) -> list[int]:

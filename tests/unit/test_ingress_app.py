@@ -14,6 +14,7 @@ import pytest
 import structlog
 
 from ingress.app import IngressApp, create_app, is_json_media_type, received_at, webhook_id
+from ingress.metrics import METRIC_PREFIX
 from ingress.openapi import SERVER_RESPONSES, WEBHOOK_RESPONSES
 from ingress.producer import Delivery, ProduceFailed
 from tests.support.ingress_harness import (
@@ -42,6 +43,12 @@ def app(producer: RecordingProducer) -> IngressApp:
 @pytest.fixture
 async def client(app: IngressApp) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(app) as http:
+        yield http
+
+
+@pytest.fixture
+async def admin(app: IngressApp) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(app.admin) as http:
         yield http
 
 
@@ -320,31 +327,99 @@ async def test_every_status_the_endpoint_answers_is_documented(
     assert seen == set(WEBHOOK_RESPONSES)
 
 
-async def test_healthz_answers_200(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/healthz")).status_code == 200
+async def test_healthz_answers_200_on_the_admin_app(admin: httpx.AsyncClient) -> None:
+    assert (await admin.get("/healthz")).status_code == 200
 
 
-@pytest.mark.parametrize(("ready", "status"), [(True, 200), (False, 503)])
-async def test_readyz_follows_the_producer(
-    client: httpx.AsyncClient, producer: RecordingProducer, ready: bool, status: int
+@pytest.mark.parametrize(("ready", "status", "verdict"), [(True, 200, "ready"), (False, 503, "not ready")])
+async def test_readyz_follows_the_producer_in_the_shared_readiness_shape(
+    admin: httpx.AsyncClient, producer: RecordingProducer, ready: bool, status: int, verdict: str
 ) -> None:
     producer.is_ready = ready
 
-    assert (await client.get("/readyz")).status_code == status
+    response = await admin.get("/readyz")
+
+    assert response.status_code == status
+    assert response.json() == {
+        "status": verdict,
+        "checks": {"producer_running": ready, "shutting_down": False},
+    }
 
 
-async def test_metrics_count_requests_by_status_and_bytes(
-    client: httpx.AsyncClient, sample_body: bytes
+async def test_readyz_is_not_ready_once_a_shutdown_began(app: IngressApp, admin: httpx.AsyncClient) -> None:
+    app.admin.shutting_down = True
+
+    response = await admin.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["shutting_down"] is True
+
+
+async def test_a_readiness_check_that_crashes_reads_as_not_ready(
+    admin: httpx.AsyncClient, producer: RecordingProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def crash_readiness() -> None:
+        raise RuntimeError("a bug in the readiness check")
+
+    monkeypatch.setattr(producer, "readiness", crash_readiness)
+
+    response = await admin.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "not ready",
+        "checks": {"readiness_check_crashed": True, "shutting_down": False},
+    }
+
+
+async def test_metrics_count_requests_by_status_and_bytes_under_the_exam_events_ingress_prefix(
+    client: httpx.AsyncClient, admin: httpx.AsyncClient, sample_body: bytes
 ) -> None:
     await post(client, sample_body)
     await post(client, sample_body, JSON)
 
-    page = (await client.get("/metrics")).text
+    page = (await admin.get("/metrics")).text
 
-    assert 'ingress_requests_total{status="202"} 1.0' in page
-    assert 'ingress_requests_total{status="401"} 1.0' in page
-    assert f"ingress_produced_bytes_total {float(len(sample_body))}" in page
-    assert "ingress_produce_seconds_count 1.0" in page
+    assert 'exam_events_ingress_requests_total{status="202"} 1.0' in page
+    assert 'exam_events_ingress_requests_total{status="401"} 1.0' in page
+    assert f"exam_events_ingress_produced_bytes_total {float(len(sample_body))}" in page
+    assert f"exam_events_ingress_received_bytes_total {float(2 * len(sample_body))}" in page
+    assert "exam_events_ingress_produce_seconds_count 1.0" in page
+    assert "exam_events_ingress_kafka_unreachable 0.0" in page
+    assert "exam_events_ingress_fast_refusals_total 0.0" in page
+    metric_names = [line.split()[2] for line in page.splitlines() if line.startswith("# TYPE")]
+    assert metric_names
+    assert all(name.startswith(METRIC_PREFIX) for name in metric_names), metric_names
+
+
+async def test_while_kafka_is_known_unreachable_a_webhook_gets_503_at_once_and_counts_as_fast_refusal(
+    client: httpx.AsyncClient, admin: httpx.AsyncClient, producer: RecordingProducer, sample_body: bytes
+) -> None:
+    producer.unreachable_reason = "no broker reachable"
+
+    response = await post(client, sample_body)
+    page = (await admin.get("/metrics")).text
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "7"
+    assert producer.records == []
+    assert "exam_events_ingress_kafka_unreachable 1.0" in page
+    assert "exam_events_ingress_fast_refusals_total 1.0" in page
+    assert 'exam_events_ingress_requests_total{status="503"} 1.0' in page
+    assert "exam_events_ingress_produce_seconds_count 0.0" in page  # nothing was tried
+
+
+async def test_a_produce_that_fails_slowly_is_no_fast_refusal(
+    client: httpx.AsyncClient, admin: httpx.AsyncClient, producer: RecordingProducer, sample_body: bytes
+) -> None:
+    producer.failure = unavailable()
+
+    response = await post(client, sample_body)
+    page = (await admin.get("/metrics")).text
+
+    assert response.status_code == 503
+    assert "exam_events_ingress_fast_refusals_total 0.0" in page
+    assert "exam_events_ingress_produce_seconds_count 1.0" in page
 
 
 async def test_two_apps_in_one_process_keep_separate_metrics(producer: RecordingProducer) -> None:
@@ -359,12 +434,34 @@ async def test_two_apps_in_one_process_keep_separate_metrics(producer: Recording
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("GET", "/webhooks", 405), ("POST", "/healthz", 405), ("GET", "/nope", 404)],
+    [
+        ("GET", "/webhooks", 405),
+        ("POST", "/openapi.json", 405),
+        ("GET", "/nope", 404),
+        ("GET", "/healthz", 404),
+        ("GET", "/readyz", 404),
+        ("GET", "/metrics", 404),
+    ],
 )
-async def test_wrong_methods_and_unknown_paths_are_refused(
+async def test_the_public_app_answers_only_the_webhook_routes_and_the_openapi_document(
     client: httpx.AsyncClient, method: str, path: str, status: int
 ) -> None:
     assert (await client.request(method, path)).status_code == status
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/healthz", 405),
+        ("POST", "/webhooks", 404),
+        ("GET", "/openapi.json", 404),
+        ("GET", "/nope", 404),
+    ],
+)
+async def test_the_admin_app_answers_only_probes_and_metrics(
+    admin: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
+    assert (await admin.request(method, path)).status_code == status
 
 
 async def test_the_openapi_document_is_served(client: httpx.AsyncClient) -> None:
@@ -372,7 +469,7 @@ async def test_the_openapi_document_is_served(client: httpx.AsyncClient) -> None
 
     documented = {str(s) for s in [*WEBHOOK_RESPONSES, *SERVER_RESPONSES]}
     assert set(document["paths"]["/webhooks"]["post"]["responses"]) == documented
-    assert "/openapi.json" in document["paths"]
+    assert set(document["paths"]) == {"/webhooks", "/openapi.json"}  # what the public app serves
 
 
 @pytest.mark.parametrize("now", [0.0, 1_781_429_412.4815, 1_781_429_412.999_9, 1_781_429_413.0005])
@@ -440,7 +537,7 @@ async def test_a_bug_of_ours_gets_a_json_500_with_its_log_line_and_metric(
     assert line["status"] == 500
     assert line["error"].startswith("RuntimeError at test_ingress_app.py:")
     assert "usr_secret_body_value" not in str(logs)
-    assert 'ingress_requests_total{status="500"} 1.0' in app.metrics.exposition().decode()
+    assert 'exam_events_ingress_requests_total{status="500"} 1.0' in app.metrics.exposition().decode()
 
 
 async def test_a_body_not_received_within_the_timeout_gets_408_and_the_connection_closes(

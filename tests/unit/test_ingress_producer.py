@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import structlog
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
@@ -26,8 +27,10 @@ from ingress.producer import (
     FAILURES_BEFORE_REPLACING,
     Delivery,
     KafkaRecordProducer,
+    KafkaUnreachable,
     ProduceFailed,
     RecordTooLarge,
+    no_broker_reachable,
 )
 
 TOPIC = "raw"
@@ -38,18 +41,50 @@ class Sender:
     sender_task: asyncio.Future[None] | None = None
 
 
+class Connection:
+    def __init__(self) -> None:
+        self.up = True
+
+    def connected(self) -> bool:
+        return self.up
+
+
 class Cluster:
+    """aiokafka's metadata, as far as `no_broker_reachable` reads it: when a refresh was tried and
+    succeeded."""
+
+    def __init__(self) -> None:
+        self._last_refresh_ms = self._last_successful_refresh_ms = 1_000.0
+
     def available_partitions_for_topic(self, topic: str) -> set[int]:
         return {0}
 
 
 class Client:
-    """A broker that always answers metadata requests: readiness then depends on the wrapper alone."""
+    """aiokafka's client as far as the wrapper reads it: connections and metadata refreshes. The broker
+    answers metadata requests while `broker_up`; readiness then depends on the wrapper alone."""
 
-    cluster = Cluster()
+    def __init__(self) -> None:
+        self.cluster = Cluster()
+        self._conns = {(0, 0): Connection()}
+        self.broker_up = True
+        self.refreshes = 0
 
     async def force_metadata_update(self) -> bool:
-        return True
+        self.refreshes += 1
+        self.cluster._last_refresh_ms += 1
+        if self.broker_up:
+            self.cluster._last_successful_refresh_ms = self.cluster._last_refresh_ms
+            for connection in self._conns.values():
+                connection.up = True
+        return self.broker_up
+
+    def lose_broker(self) -> None:
+        """As aiokafka after the broker went away: connections closed, the refresh they set off failed."""
+        self.broker_up = False
+        for connection in self._conns.values():
+            connection.up = False
+        self.cluster._last_refresh_ms += 1
 
 
 @dataclass
@@ -153,6 +188,10 @@ def wrapper(
     )
 
 
+async def ready(producer: KafkaRecordProducer) -> bool:
+    return (await producer.readiness()).ready
+
+
 async def produce_until_delivered(producer: KafkaRecordProducer, attempts: int = 100) -> Delivery:
     for _ in range(attempts):
         try:
@@ -176,7 +215,7 @@ async def test_a_producer_whose_batches_fail_with_a_producer_state_error_is_repl
 
     with pytest.raises(ProduceFailed, match=error.__name__):
         await producer.produce(TOPIC, b"{}", None, [])
-    assert not await producer.ready()  # being replaced
+    assert not await ready(producer)  # being replaced
     await produce_until_delivered(producer)
 
     assert len(factory.made) == 2
@@ -184,7 +223,7 @@ async def test_a_producer_whose_batches_fail_with_a_producer_state_error_is_repl
     assert first._sender.sender_task is not None
     assert not first._sender.sender_task.done()
     assert factory.made[1].sent == [b"{}"]
-    assert await producer.ready()
+    assert await ready(producer)
     await producer.stop()
 
 
@@ -201,12 +240,12 @@ async def test_repeated_other_kafka_errors_make_it_not_ready_and_replace_the_pro
     assert len(factory.made) == 1  # a few failures are not enough
     with pytest.raises(ProduceFailed):
         await producer.produce(TOPIC, b"{}", None, [])
-    assert not await producer.ready()
+    assert not await ready(producer)
     await produce_until_delivered(producer)
 
     assert len(factory.made) == 2
     assert first.stopped
-    assert await producer.ready()
+    assert await ready(producer)
     await producer.stop()
 
 
@@ -303,6 +342,117 @@ async def test_a_late_failure_of_a_replaced_producer_leaves_the_new_one_alone() 
 
     assert len(factory.made) == 2
     assert not second.stopped
-    assert await producer.ready()
+    assert await ready(producer)
     assert await producer.produce(TOPIC, b"{}", None, []) == Delivery(0, 1)
     await producer.stop()
+
+
+async def wait_until(condition: Any, attempts: int = 200) -> None:
+    """Poll `condition()` every 20 ms (bounded); no request is made meanwhile."""
+    for _ in range(attempts):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"still not {condition} after {attempts} attempts")
+
+
+async def test_while_no_broker_is_reachable_produce_is_refused_at_once_without_sending() -> None:
+    factory = Factory()
+    producer = wrapper(factory)
+    await producer.start()
+    stand_in = factory.made[0]
+    stand_in.client.lose_broker()
+
+    reason = producer.unreachable()
+    with pytest.raises(KafkaUnreachable, match="no broker reachable"):
+        await producer.produce(TOPIC, b"{}", None, [])
+
+    assert reason is not None
+    assert stand_in.sent == []
+    readiness = await producer.readiness()
+    assert not readiness.ready
+    assert readiness.checks["broker_reachable"] is False
+    assert len(factory.made) == 1  # no failed produce was counted: nothing to replace
+    await producer.stop()
+
+
+async def test_the_unreachable_condition_clears_by_itself_once_a_broker_answers_again() -> None:
+    factory = Factory()
+    producer = wrapper(factory)
+    await producer.start()
+    client = factory.made[0].client
+    with structlog.testing.capture_logs() as logs:
+        client.lose_broker()
+        await wait_until(lambda: client.refreshes >= 2)  # the watch keeps probing while it holds
+        assert producer.unreachable() is not None
+
+        client.broker_up = True  # the broker is back: the next probe reaches it
+        await wait_until(lambda: producer.unreachable() is None)
+        await wait_until(lambda: "kafka_reachable_again" in [entry["event"] for entry in logs])
+
+    assert await producer.produce(TOPIC, b"{}", None, []) == Delivery(0, 0)
+    assert [e["event"] for e in logs if e["event"].startswith("kafka_")] == [
+        "kafka_unreachable",
+        "kafka_reachable_again",
+    ]
+    await producer.stop()
+
+
+async def test_connections_closed_while_the_metadata_is_fresh_are_no_outage() -> None:
+    # aiokafka drops idle connections; the latest refresh worked, so a produce is tried as usual.
+    factory = Factory()
+    producer = wrapper(factory)
+    await producer.start()
+    for connection in factory.made[0].client._conns.values():
+        connection.up = False
+
+    assert producer.unreachable() is None
+    assert await producer.produce(TOPIC, b"{}", None, []) == Delivery(0, 0)
+    await producer.stop()
+
+
+async def test_without_a_producer_the_reason_is_not_connected_and_produce_refuses_at_once() -> None:
+    producer = wrapper(Factory(refusals=1000))
+    await producer.start()
+
+    assert producer.unreachable() == "not connected to Kafka"
+    with pytest.raises(KafkaUnreachable):
+        await producer.produce(TOPIC, b"{}", None, [])
+    readiness = await producer.readiness()
+    assert readiness.checks == {
+        "producer_running": False,
+        "broker_reachable": False,
+        "raw_topic_has_leaders": False,
+        "failing_produces": 0,
+    }
+    await producer.stop()
+
+
+async def test_a_broken_producer_is_replaced_by_the_watch_without_a_request() -> None:
+    factory = Factory()
+    producer = wrapper(factory)
+    await producer.start()
+
+    factory.made[0].die()
+    await wait_until(lambda: len(factory.made) == 2 and producer.unreachable() is None)
+
+    assert factory.made[0].stopped
+    assert await producer.produce(TOPIC, b"{}", None, []) == Delivery(0, 0)
+    await producer.stop()
+
+
+async def test_the_aiokafka_state_read_by_no_broker_reachable_still_exists() -> None:
+    # no_broker_reachable reads aiokafka internals; if an upgrade renamed them, fail-fast would silently
+    # turn off (the view says "connected"). This catches it on a real, unstarted AIOKafkaProducer.
+    from aiokafka import AIOKafkaProducer
+
+    real = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    try:
+        assert isinstance(real.client._conns, dict)
+        assert isinstance(real.client.cluster._last_refresh_ms, int | float)
+        assert isinstance(real.client.cluster._last_successful_refresh_ms, int | float)
+        assert not no_broker_reachable(real)  # never refreshed, so never failed
+        real.client.cluster.failed_update(None)
+        assert no_broker_reachable(real)  # no connection, and the latest refresh failed
+    finally:
+        await real.stop()

@@ -1,4 +1,5 @@
-"""The app behind real uvicorn sockets, configured as in production: framing, limits, timeouts.
+"""The app behind real uvicorn sockets, configured as in production: framing, limits, timeouts,
+the public and the admin port, the lingering close.
 
 No Kafka here (a recording producer); what is tested is our HTTP protocol class and its settings.
 """
@@ -11,16 +12,22 @@ import socket
 import httpx
 import pytest
 
+from ingress.app import create_app
+from ingress.bootstrap import IngressServers, ServerFailed
 from ingress.lingering import LINGER_MAX_BYTES
-from tests.support.ingress_harness import RecordingProducer
+from ingress.producer import Delivery, Headers
+from tests.support.ingress_harness import RecordingProducer, ingress_settings
 from tests.support.ingress_server import (
     AUTH,
     exchange,
     post_request,
     read_until_quiet,
+    refuses_connections,
     running_server,
+    running_servers,
     send_all_then_read,
     statuses,
+    two_free_ports,
 )
 
 IMPLS = ["one-write", "httptools"]
@@ -227,3 +234,82 @@ async def post_with_httpx(url: str, body: bytes, *, times: int) -> list[int]:
     async with httpx.AsyncClient(transport=transport, base_url=url, timeout=30) as client:
         answers = [await client.post("/webhooks", content=body, headers=headers) for _ in range(times)]
     return [answer.status_code for answer in answers]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "public", "admin"),
+    [
+        ("POST", "/webhooks", 202, 404),
+        ("GET", "/openapi.json", 200, 404),
+        ("GET", "/healthz", 404, 200),
+        ("GET", "/readyz", 404, 200),
+        ("GET", "/metrics", 404, 200),
+    ],
+)
+async def test_the_public_port_serves_the_webhook_routes_and_the_admin_port_probes_and_metrics(
+    method: str, path: str, public: int, admin: int
+) -> None:
+    async with running_servers(RecordingProducer()) as served:
+        headers = {"authorization": AUTH_VALUE, "content-type": "application/json"}
+        public_url, admin_url = (f"http://127.0.0.1:{p}{path}" for p in (served.port, served.admin_port))
+        async with httpx.AsyncClient(timeout=10, headers=headers) as client:
+            on_public = await client.request(method, public_url, content=b"{}")
+            on_admin = await client.request(method, admin_url, content=b"{}")
+
+    assert (on_public.status_code, on_admin.status_code) == (public, admin)
+
+
+class HeldProducer(RecordingProducer):
+    """Holds every produce until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.producing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def produce(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Delivery:
+        self.producing.set()
+        await self.release.wait()
+        return await super().produce(topic, value, key, headers)
+
+
+async def test_a_stop_drains_the_public_port_while_the_admin_port_says_shutting_down_then_both_close() -> (
+    None
+):
+    producer = HeldProducer()
+    async with running_servers(producer) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(post_request(b'{"n":1}'))
+        await asyncio.wait_for(producer.producing.wait(), 10)
+
+        served.servers.stop()
+        for _ in range(100):  # bounded: uvicorn checks its flag every 0.1 s
+            if await refuses_connections(served.port):
+                break
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(timeout=10) as client:
+            during = await client.get(f"http://127.0.0.1:{served.admin_port}/readyz")
+        producer.release.set()
+        answer = await read_until_quiet(reader, 5)
+        writer.close()
+        await asyncio.wait_for(served.task, 30)
+
+        assert await refuses_connections(served.port)
+        assert await refuses_connections(served.admin_port)
+    assert during.status_code == 503
+    assert during.json()["checks"]["shutting_down"] is True
+    assert statuses(answer) == [202]  # the request in flight was finished, not dropped
+
+
+async def test_an_admin_port_already_taken_stops_the_public_server_too_and_fails() -> None:
+    port, admin_port = two_free_ports()
+    settings = ingress_settings(host="127.0.0.1", port=port, admin_port=admin_port)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", admin_port))
+        taken.listen()
+        servers = IngressServers(create_app(settings, producer=RecordingProducer()), settings)
+
+        with pytest.raises(ServerFailed, match="admin"):
+            await asyncio.wait_for(servers.serve(), 30)
+
+    assert await refuses_connections(port)

@@ -7,6 +7,7 @@ import base64
 import pytest
 from pydantic import ValidationError
 
+from ingress.bootstrap import main
 from ingress.settings import IngressSettings
 from tests.support.ingress_harness import SIGNING_KEY, SIGNING_SECRET
 
@@ -15,6 +16,10 @@ from tests.support.ingress_harness import SIGNING_KEY, SIGNING_SECRET
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No INGRESS_* variable of the machine leaks into these tests."""
     for name in [
+        "INGRESS_HOST",
+        "INGRESS_PORT",
+        "INGRESS_ADMIN_HOST",
+        "INGRESS_ADMIN_PORT",
         "INGRESS_BASIC_AUTH_USERNAME",
         "INGRESS_BASIC_AUTH_PASSWORD",
         "INGRESS_SIGNING_SECRETS",
@@ -45,6 +50,8 @@ def test_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> 
     settings = IngressSettings()
 
     assert settings.port == 8080
+    assert settings.admin_port == 8082  # the consumer's admin port is 8081
+    assert settings.admin_host == settings.host == "0.0.0.0"
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.raw_topic == "exam.webhooks.raw"
     assert settings.produce_timeout_seconds == 5.0
@@ -124,3 +131,52 @@ def test_an_empty_basic_credential_or_a_username_with_a_colon_is_refused(
 
     with pytest.raises(ValidationError, match=problem):
         IngressSettings()
+
+
+def test_the_admin_host_defaults_to_the_host_and_can_be_set_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INGRESS_ALLOW_UNAUTHENTICATED", "true")
+    monkeypatch.setenv("INGRESS_HOST", "10.0.0.5")
+
+    assert IngressSettings().admin_host == "10.0.0.5"
+    monkeypatch.setenv("INGRESS_ADMIN_HOST", "127.0.0.1")
+    monkeypatch.setenv("INGRESS_ADMIN_PORT", "9100")
+    settings = IngressSettings()
+    assert (settings.admin_host, settings.admin_port) == ("127.0.0.1", 9100)
+
+
+def test_an_admin_port_equal_to_the_public_port_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INGRESS_ALLOW_UNAUTHENTICATED", "true")
+    monkeypatch.setenv("INGRESS_PORT", "9000")
+    monkeypatch.setenv("INGRESS_ADMIN_PORT", "9000")
+
+    with pytest.raises(ValidationError, match="INGRESS_ADMIN_PORT must differ from INGRESS_PORT"):
+        IngressSettings()
+
+
+@pytest.mark.parametrize(
+    ("variables", "line"),
+    [
+        (
+            {"INGRESS_ALLOW_UNAUTHENTICATED": "true", "INGRESS_ADMIN_PORT": "8080"},
+            "ingress: invalid settings: INGRESS_ADMIN_PORT must differ from INGRESS_PORT (both 8080)",
+        ),
+        (
+            {"INGRESS_ALLOW_UNAUTHENTICATED": "true", "INGRESS_ADMIN_PORT": "70000"},
+            "ingress: invalid settings: INGRESS_ADMIN_PORT: Input should be less than or equal to 65535",
+        ),
+        ({}, "ingress: invalid settings: no authentication configured"),
+    ],
+)
+def test_python_m_ingress_with_invalid_settings_prints_one_line_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variables: dict[str, str], line: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+    with pytest.raises(SystemExit) as exited:
+        main()
+
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(line)
+    assert stderr.count("\n") == 1
