@@ -8,6 +8,14 @@ log line per request): the real one producing to a fresh topic on the broker, an
 the Kafka produce replaced by a no-op. Drives both with realistic bodies (the recorded Exam
 Results Released webhook, a different user per request) over keep-alive connections, checks that
 the records on the topic equal the 2xx answers, and prints the figures and ratios.
+
+    .venv/bin/python bench/ingress.py --fast-503
+
+Measures the fail-fast 503 instead: starts a broker of its own (`scripts/kafka-local`, free port,
+temporary data directory), the real ingress on it, stops the broker, waits until the ingress says
+Kafka is unreachable (`exam_events_ingress_kafka_unreachable` 1, no post needed), then measures the
+503s at concurrency 1 and 64; restarts the broker and measures how long until the condition clears
+by itself, and the first post after it.
 """
 
 from __future__ import annotations
@@ -137,6 +145,14 @@ async def drive(
     return Result(label, concurrency, len(latencies), seconds, latencies, statuses, server_cpu, client_cpu)
 
 
+ADMIN_PORTS: dict[int, int] = {}  # public port -> the admin port given to that server
+
+
+def admin_port_of(port: int) -> int:
+    """The admin port the bench gives a server listening on `port` (free when that one was)."""
+    return ADMIN_PORTS.setdefault(port, free_port())
+
+
 def start_server(
     kind: str, port: int, topic: str, bootstrap: str, log_dir: Path, linger_ms: int | None
 ) -> subprocess.Popen[bytes]:
@@ -145,6 +161,7 @@ def start_server(
     env.update(
         INGRESS_HOST="127.0.0.1",
         INGRESS_PORT=str(port),
+        INGRESS_ADMIN_PORT=str(admin_port_of(port)),
         INGRESS_RAW_TOPIC=topic,
         INGRESS_BASIC_AUTH_USERNAME=USERNAME,
         INGRESS_BASIC_AUTH_PASSWORD=PASSWORD,
@@ -160,11 +177,12 @@ def start_server(
 
 
 async def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Poll /readyz on the server's admin port until it answers 200."""
     for _ in range(600):
         if process.poll() is not None:
             raise SystemExit(f"server exited with {process.returncode}")
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", admin_port_of(port))
             writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
             head = await reader.readuntil(b"\r\n\r\n")
             writer.close()
@@ -259,6 +277,82 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
+async def metric(port: int, name: str) -> float | None:
+    """An unlabelled metric from the server's admin port (None when it does not answer)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", admin_port_of(port))
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        page = await reader.read(-1)
+        writer.close()
+    except OSError:
+        return None
+    for line in page.decode().splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return None
+
+
+async def seconds_until_metric(port: int, name: str, value: float, timeout: float = 60) -> float:
+    """Poll the metric every 10 ms until it has the value; the seconds that took."""
+    started = time.perf_counter()
+    while await metric(port, name) != value:
+        if time.perf_counter() - started > timeout:
+            raise SystemExit(f"{name} still not {value} after {timeout:g} s")
+        await asyncio.sleep(0.01)
+    return time.perf_counter() - started
+
+
+def kafka_local(*args: str) -> None:
+    command = [sys.executable, str(ROOT / "scripts" / "kafka-local"), *args]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+
+
+async def fast_503(args: argparse.Namespace) -> int:
+    """The fail-fast 503's latency with the broker stopped, and the recovery after its restart."""
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-ingress-outage-"))
+    broker_port = free_port()
+    broker = ["--data-dir", str(data_dir / "kafka")]
+    bootstrap = f"127.0.0.1:{broker_port}"
+    topic = f"bench.ingress.outage.{uuid.uuid4().hex[:8]}"
+    print(f"broker on {bootstrap} (data in {data_dir}), topic {topic}", flush=True)
+    await asyncio.to_thread(kafka_local, "start", "--port", str(broker_port), *broker)
+    process = None
+    try:
+        await create_topic(bootstrap, topic, args.partitions)
+        port = free_port()
+        process = start_server("kafka", port, topic, bootstrap, data_dir, None)
+        await wait_ready(port, process)
+        payloads = requests_bytes()
+        warmup = await drive(port, "warm-up", 8, 200, payloads, process.pid)
+        print(warmup.line(), flush=True)
+
+        await asyncio.to_thread(kafka_local, "stop", *broker)
+        detected = await seconds_until_metric(port, "exam_events_ingress_kafka_unreachable", 1.0)
+        print(f"outage detected {detected * 1000:.0f} ms after the broker had stopped (no post)", flush=True)
+        results = [
+            await drive(port, "503", concurrency, total, payloads, process.pid)
+            for concurrency, total in ((1, args.requests_c1), (64, args.requests_c64))
+        ]
+        refusals = await metric(port, "exam_events_ingress_fast_refusals_total")
+
+        await asyncio.to_thread(kafka_local, "start", "--port", str(broker_port), *broker)
+        cleared = await seconds_until_metric(port, "exam_events_ingress_kafka_unreachable", 0.0)
+        after = await drive(port, "after", 1, 1, payloads, process.pid)
+    finally:
+        if process is not None:
+            print(f"ingress exited with {stop(process)}", flush=True)
+        await asyncio.to_thread(kafka_local, "stop", *broker)
+
+    print("\n== fast 503 while the broker is down (produce timeout 5 s)")
+    for result in results:
+        print(f"{result.line()}  max {max(result.latencies) * 1000:6.2f} ms")
+    print(f"fast refusals counted: {refusals:.0f} of {sum(r.requests for r in results)} posts")
+    print(f"condition cleared {cleared * 1000:.0f} ms after `kafka-local start` returned (no post)")
+    print(f"first post after that: {after.statuses}, {after.latencies[0] * 1000:.1f} ms")
+    all_fast = all(set(r.statuses) == {503} for r in results) and set(after.statuses) == {202}
+    return 0 if all_fast and refusals == sum(r.requests for r in results) else 1
+
+
 def serve_noop() -> None:
     """The same app and server as `python -m ingress`, with a producer that stores nothing."""
     import uvloop
@@ -290,6 +384,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--linger-ms", type=int, default=None, help="INGRESS_LINGER_MS (default: the ingress's)"
     )
+    parser.add_argument(
+        "--fast-503", action="store_true", help="measure the fail-fast 503 on a broker of its own instead"
+    )
     parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -301,4 +398,4 @@ if __name__ == "__main__":
     else:
         import uvloop
 
-        sys.exit(uvloop.run(main(arguments)))
+        sys.exit(uvloop.run(fast_503(arguments) if arguments.fast_503 else main(arguments)))
