@@ -1,4 +1,4 @@
-# One image for both processes: `python -m ingress` or `python -m consumer`.
+# One image for both processes: `exam-events ingress` or `exam-events consumer`.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
@@ -9,6 +9,6 @@ COPY consumer ./consumer
 COPY handlers ./handlers
 COPY schemas ./schemas
 COPY scripts ./scripts
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 app
+RUN pip install --no-cache-dir . && python -m consumer.asyncapi_page && useradd --system --uid 10001 app
 USER app
-CMD ["python", "-m", "consumer"]
+CMD ["exam-events", "consumer"]

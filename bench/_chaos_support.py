@@ -169,6 +169,7 @@ class Child:
     signalled: str | None = None  # the signal we sent, once we sent one
     signalled_at: float = 0.0
     reported: bool = False  # its exit has been reported
+    admin_port: int | None = None  # where /readyz is, when not on `port` (the ingress's admin port)
 
     @classmethod
     def start(cls, name: str, module: str, env: Mapping[str, str], port: int, log_path: Path) -> Child:
@@ -208,7 +209,7 @@ class Child:
 
     async def get(self, client: httpx.AsyncClient, path: str) -> httpx.Response | None:
         try:
-            return await client.get(f"http://127.0.0.1:{self.port}{path}", timeout=2.0)
+            return await client.get(f"http://127.0.0.1:{self.admin_port or self.port}{path}", timeout=2.0)
         except httpx.HTTPError:
             return None
 

@@ -349,17 +349,19 @@ class ModeRun:
         return {f"CONSUMER_{name.upper()}_TOPIC": topic for name, topic in TOPICS.items()}
 
     def start_ingress(self) -> Child:
-        port = free_port()
+        port, admin_port = free_port(), free_port()
         env = {
             **self.child_env,
             "INGRESS_HOST": "127.0.0.1",
             "INGRESS_PORT": str(port),
+            "INGRESS_ADMIN_PORT": str(admin_port),
             "INGRESS_RAW_TOPIC": TOPICS["raw"],
             "INGRESS_BASIC_AUTH_USERNAME": USERNAME,
             "INGRESS_BASIC_AUTH_PASSWORD": self.password,
             "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
         }
         self.ingress = Child.start("ingress", "ingress", env, port, self.dir / "ingress.log")
+        self.ingress.admin_port = admin_port
         return self.ingress
 
     def start_consumer(self) -> Child:
