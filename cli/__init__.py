@@ -1,0 +1,1 @@
+"""`exam-events`: one command for running and operating the system (see `exam-events --help`)."""

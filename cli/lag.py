@@ -1,0 +1,119 @@
+"""`exam-events lag [--group ID] [--json]`: how far the consumer group is behind, per partition.
+
+For every partition of the raw topic (and of any other topic the group has committed offsets on):
+the committed offset, the log-end offset (the last stable offset: the consumer reads with
+read_committed, so records of open transactions do not count yet) and the lag between them, then
+the total. A partition without a committed offset counts from its earliest offset.
+
+    --json prints {"group": ..., "total_lag": N,
+                   "partitions": [{"topic": ..., "partition": ..., "committed": ..., "end": ..., "lag": ...}]}
+("committed" is null where the group has none.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from cli.errors import CommandFailed
+from common.lag import partition_lag
+from consumer.settings import ConsumerSettings
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """One partition's row."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+    lag: int
+
+
+async def group_lag(settings: ConsumerSettings, group: str, timeout_ms: int = 10_000) -> list[PartitionLag]:
+    """The group's lag on every partition of the raw topic and of the topics it committed on."""
+    kafka = settings.kafka.aiokafka_kwargs()
+    admin = AIOKafkaAdminClient(**kafka, request_timeout_ms=timeout_ms)
+    reader = AIOKafkaConsumer(
+        **kafka,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        request_timeout_ms=timeout_ms,
+    )
+    try:
+        try:
+            await admin.start()
+            await reader.start()
+        except Exception as exc:
+            raise CommandFailed(
+                f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {type(exc).__name__}"
+            ) from None
+        committed = {tp: meta.offset for tp, meta in (await admin.list_consumer_group_offsets(group)).items()}
+        topics = {settings.raw_topic} | {tp.topic for tp in committed}
+        existing = set(await admin.list_topics())
+        if settings.raw_topic not in existing:
+            raise CommandFailed(f"topic {settings.raw_topic} does not exist (exam-events topics create)")
+        partitions: list[TopicPartition] = []
+        for described in await admin.describe_topics(sorted(topics & existing)):
+            partitions.extend(
+                TopicPartition(described["topic"], p["partition"]) for p in described["partitions"]
+            )
+        ends = await reader.end_offsets(partitions)
+        earliest = await reader.beginning_offsets(partitions)
+    finally:
+        await reader.stop()
+        await admin.close()
+    rows = []
+    for tp in sorted(partitions):
+        mark = committed.get(tp)
+        mark = mark if mark is not None and mark >= 0 else None
+        rows.append(
+            PartitionLag(tp.topic, tp.partition, mark, ends[tp], partition_lag(mark, ends[tp], earliest[tp]))
+        )
+    return rows
+
+
+def as_json(group: str, rows: list[PartitionLag]) -> str:
+    """The `--json` document."""
+    return json.dumps(
+        {"group": group, "total_lag": sum(r.lag for r in rows), "partitions": [asdict(r) for r in rows]}
+    )
+
+
+def as_table(group: str, rows: list[PartitionLag]) -> list[str]:
+    """Aligned text: one line per partition, then the total."""
+    width = max([len("TOPIC"), *(len(r.topic) for r in rows)])
+    lines = [f"{'TOPIC':<{width}}  PARTITION  COMMITTED        END        LAG"]
+    for r in rows:
+        committed = "-" if r.committed is None else str(r.committed)
+        lines.append(f"{r.topic:<{width}}  {r.partition:>9}  {committed:>9}  {r.end:>9}  {r.lag:>9}")
+    lines.append(f"group {group}: total lag {sum(r.lag for r in rows)}")
+    return lines
+
+
+def add_parser(commands: Any) -> None:
+    """`exam-events lag ...`."""
+    parser = commands.add_parser(
+        "lag",
+        help="the consumer group's lag per partition, and the total",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--group", help="consumer group id (default: $CONSUMER_GROUP_ID or exam-events)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document (see above)")
+    parser.set_defaults(run=run)
+
+
+async def run(args: argparse.Namespace, settings: ConsumerSettings) -> int:
+    """Print the lag table (or JSON)."""
+    group = args.group or settings.group_id
+    rows = await group_lag(settings, group)
+    print(as_json(group, rows) if args.json else "\n".join(as_table(group, rows)))
+    return 0
