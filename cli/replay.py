@@ -55,7 +55,8 @@ REPLAY_SOURCE_PARTITION = "replay-source-partition"
 REPLAY_SOURCE_OFFSET = "replay-source-offset"
 EVENT_NAME_HEADERS = ("event-name", DLQ_EVENT_NAME, UNROUTED_EVENT_NAME)
 REASON_HEADERS = (DLQ_ERROR_TYPE, UNROUTED_REASON)
-CHUNK_RECORDS = 500  # copies per transaction
+CHUNK_RECORDS = 500  # copies per transaction, at most
+CHUNK_SECONDS = 1.0  # age of a transaction, at most
 SAMPLE_SIZE = 10
 TRANSACTION_TIMEOUT_MS = 60_000
 
@@ -276,21 +277,20 @@ async def _copy(
 ) -> None:
     """Read each pending partition up to its end; copy matches in transactions with the position."""
     rate_started = time.monotonic()
-    positions: dict[TopicPartition, int] = {}
-    in_chunk = 0
+    positions: dict[TopicPartition, int] = {}  # next offset to examine, per partition
+    chunk = _Chunk(producer, request.group_id)
     for tp in set(end) - pending:
         reader.pause(tp)
-    while pending and not _limit_reached(request, report):
-        batches = await reader.getmany(*pending, timeout_ms=1000, max_records=CHUNK_RECORDS)
-        if producer is not None and batches:
-            await producer.begin_transaction()
-        try:
+    try:
+        while pending and not _limit_reached(request, report):
+            batches = await reader.getmany(*pending, timeout_ms=1000, max_records=CHUNK_RECORDS)
             for tp, records in batches.items():
                 for record in records:
                     if record.offset >= end[tp] or _limit_reached(request, report):
                         break
                     report.examined += 1
                     positions[tp] = record.offset + 1
+                    chunk.dirty = True
                     headers = list(record.headers)
                     if not request.matches(headers, record.timestamp):
                         continue
@@ -298,41 +298,76 @@ async def _copy(
                     if len(report.sample) < SAMPLE_SIZE:
                         report.sample.append(_sample_line(tp, record.offset, headers))
                     if producer is not None:
-                        await producer.send(
-                            request.target,
-                            record.value,
-                            key=record.key,
-                            headers=replay_headers(
-                                headers, request.replay_id, tp.topic, tp.partition, record.offset
-                            ),
+                        copy_headers = replay_headers(
+                            headers, request.replay_id, tp.topic, tp.partition, record.offset
                         )
-                        in_chunk += 1
+                        await chunk.send(request.target, record.value, record.key, copy_headers)
                         report.copied += 1
+                        if chunk.full():
+                            await chunk.commit(positions)
                         await _pace(request, report.copied, rate_started)
                     progress.update(report.examined, report.copied)
-            if producer is not None and batches:
-                # The copies and the new source position become visible together, or not at all.
-                await producer.send_offsets_to_transaction(dict(positions), request.group_id)
-                await producer.commit_transaction()
-                in_chunk = 0
-        except BaseException:
-            if producer is not None and batches:
-                await _abort(producer)
-                report.copied -= in_chunk
-            raise
-        for tp in list(pending):
-            # The reader's position, not the last record's: under read_committed the offsets before
-            # the end may be transaction markers, which are never returned as records.
-            if await reader.position(tp) >= end[tp]:
-                pending.discard(tp)
-                reader.pause(tp)
+            if chunk.full():
+                await chunk.commit(positions)
+            for tp in list(pending):
+                # The reader's position, not the last record's: under read_committed the offsets before
+                # the end may be transaction markers, which are never returned as records.
+                if await reader.position(tp) >= end[tp]:
+                    pending.discard(tp)
+                    reader.pause(tp)
+        await chunk.commit(positions)
+    except BaseException:
+        report.copied -= await chunk.abort()
+        raise
     progress.update(report.examined, report.copied, force=True)
 
 
-async def _abort(producer: AIOKafkaProducer) -> None:
-    # If this fails, the next run's InitProducerId aborts the chunk, or the broker's transaction timeout.
-    with contextlib.suppress(KafkaError, TimeoutError, asyncio.CancelledError):
-        await asyncio.wait_for(asyncio.shield(producer.abort_transaction()), 10)
+class _Chunk:
+    """The open transaction: copies plus, at commit, the source position, visible together or not at all."""
+
+    def __init__(self, producer: AIOKafkaProducer | None, group_id: str) -> None:
+        self._producer = producer
+        self._group_id = group_id
+        self._open_since: float | None = None
+        self.copies = 0
+        self.dirty = False  # positions moved since the last commit
+
+    async def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        assert self._producer is not None
+        if self._open_since is None:
+            await self._producer.begin_transaction()
+            self._open_since = time.monotonic()
+        await self._producer.send(topic, value, key=key, headers=headers)
+        self.copies += 1
+
+    def full(self) -> bool:
+        """Commit after CHUNK_RECORDS copies or a second, whichever first: a slow --rate never lets a
+        transaction run into its timeout, and an interruption loses at most a second's work."""
+        opened = self._open_since
+        return opened is not None and (
+            self.copies >= CHUNK_RECORDS or time.monotonic() - opened >= CHUNK_SECONDS
+        )
+
+    async def commit(self, positions: dict[TopicPartition, int]) -> None:
+        if self._producer is None or not (self.dirty or self.copies):
+            return
+        if self._open_since is None:
+            await self._producer.begin_transaction()
+        await self._producer.send_offsets_to_transaction(dict(positions), self._group_id)
+        await self._producer.commit_transaction()
+        self._open_since, self.copies, self.dirty = None, 0, False
+
+    async def abort(self) -> int:
+        """Abort the open transaction (bounded); returns how many copies it held."""
+        if self._producer is None or self._open_since is None:
+            return 0
+        copies, self._open_since, self.copies = self.copies, None, 0
+        # If this fails, the next run's InitProducerId aborts the chunk, or the broker's timeout does.
+        with contextlib.suppress(KafkaError, TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self._producer.abort_transaction()), 10)
+        return copies
 
 
 def _limit_reached(request: ReplayRequest, report: ReplayReport) -> bool:
