@@ -42,6 +42,7 @@ from consumer.checkpoint import (
 )
 from consumer.group import GroupMember
 from consumer.http import health_routes
+from consumer.lag import LagMonitor
 from consumer.metrics import ConsumerMetrics
 from consumer.sender import KafkaSender, ManagedSender
 from consumer.settings import ConsumerSettings
@@ -219,6 +220,7 @@ def create_app(
     metrics.seconds_since_progress.set_function(lambda: time.monotonic() - checkpoint.last_progress)
     metrics.producer_replacements.set_function(replacements)
     stuck_after = settings.stuck_batch_seconds
+    lag = LagMonitor(lambda: subscriber.consumer, metrics.partition_lag, metrics.group_lag)
 
     async def ready() -> tuple[bool, dict[str, Any]]:
         assigned = len(member.assignment())
@@ -259,6 +261,8 @@ def create_app(
             version="0.1.0",
         ),
         on_startup=[start],
+        after_startup=[lag.start],
+        on_shutdown=[lag.stop],
         after_shutdown=[stop_producers],
         logger=logging.getLogger("consumer.app"),
     )

@@ -41,6 +41,8 @@ class ConsumerMetrics:
     duplicates_suppressed: Counter
     dedup_entries: Gauge
     dedup_restore_seconds: Histogram
+    partition_lag: Gauge
+    group_lag: Gauge
 
     @classmethod
     def create(cls) -> ConsumerMetrics:
@@ -190,6 +192,19 @@ class ConsumerMetrics:
                 f"{PREFIX}_dedup_restore_seconds",
                 "Exactly-once: time to bring a partition's dedup store up to date from its changelog.",
                 buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+                registry=registry,
+            ),
+            partition_lag=Gauge(
+                f"{PREFIX}_partition_lag",
+                "Records of an assigned raw partition not committed yet: log end (last stable offset) "
+                "minus the committed offset; refreshed every few seconds.",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            group_lag=Gauge(
+                f"{PREFIX}_group_lag",
+                "Sum of partition_lag over the partitions assigned to this process (sum over instances "
+                "for the group's lag).",
                 registry=registry,
             ),
         )
