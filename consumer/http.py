@@ -15,6 +15,7 @@ from faststream.asgi import AsgiResponse, get
 from faststream.asgi.types import ASGIApp, Scope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from common.readiness import readiness
 from consumer.asyncapi_page import asyncapi_page_routes
 
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
@@ -33,7 +34,8 @@ def health_routes(
     @get(include_in_schema=False)
     async def readyz(scope: Scope) -> AsgiResponse:
         ok, checks = await ready()
-        return _json(200 if ok else 503, {"status": "ready" if ok else "not ready", **checks})
+        status, body = readiness(ok, checks)
+        return AsgiResponse(body, status, headers={"content-type": "application/json"})
 
     @get(include_in_schema=False)
     async def metrics(scope: Scope) -> AsgiResponse:

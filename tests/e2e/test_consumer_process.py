@@ -175,7 +175,7 @@ async def test_two_consumers_in_one_group_split_the_partitions_and_emit_every_ev
 
     async def split() -> bool:
         a, b = await one.readiness(), await two.readiness()
-        counts: tuple[int, int] = (a.get("assigned_partitions", 0), b.get("assigned_partitions", 0))
+        counts: tuple[int, int] = (a["checks"]["assigned_partitions"], b["checks"]["assigned_partitions"])
         return min(counts) > 0 and sum(counts) == RAW_PARTITIONS
 
     await wait_until(split, what="both consumers to hold partitions")

@@ -43,12 +43,14 @@ async def test_readyz_is_unavailable_until_the_broker_answers_and_partitions_are
     assert response.status_code == 503
     assert response.json() == {
         "status": "not ready",
-        "processing_guarantee": "exactly-once",
-        "broker_reachable": False,
-        "assigned_partitions": 0,
-        "consume_loop_running": False,
-        "in_flight_batch_seconds": 0.0,
-        "batch_stuck": False,
+        "checks": {
+            "processing_guarantee": "exactly-once",
+            "broker_reachable": False,
+            "assigned_partitions": 0,
+            "consume_loop_running": False,
+            "in_flight_batch_seconds": 0.0,
+            "batch_stuck": False,
+        },
     }
 
 
