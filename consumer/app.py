@@ -241,11 +241,11 @@ def create_app(
         try:
             await check_topics(settings)
         except TopicsNotReady as exc:
-            log.error(f"refusing to start: {exc}")
+            log.error("refusing_to_start", reason=str(exc))
             raise
         if not settings.exactly_once:
             await at_least_once_sender.start()
-        log.info("consumer starting", processing_guarantee=settings.processing_guarantee)
+        log.info("consumer_starting", processing_guarantee=settings.processing_guarantee)
 
     return ConsumerApp(
         broker,

@@ -28,7 +28,7 @@ def problems(
     """What is wrong with the cluster's topics, one short sentence each (empty when nothing is)."""
     missing = [topic for topic in settings.all_topics if topic not in existing]
     if missing:
-        return [f"missing topics (create them, e.g. scripts/create-topics): {', '.join(missing)}"]
+        return [f"missing topics (create them: exam-events topics create): {', '.join(missing)}"]
     raw_limit = max_message_bytes.get(settings.raw_topic)
     found = []
     counts = partitions or {}
@@ -37,7 +37,7 @@ def problems(
         # Changelog partition p holds the dedup store of raw partition p.
         found.append(
             f"{settings.dedup_topic} has {dedup_count} partitions, fewer than {settings.raw_topic}'s "
-            f"{raw_count} (grow it: scripts/create-topics --grow --partitions {raw_count})"
+            f"{raw_count} (grow it: exam-events topics grow --partitions {raw_count})"
         )
     for topic in settings.body_topics[1:]:  # where raw records are copied
         limit = max_message_bytes.get(topic)

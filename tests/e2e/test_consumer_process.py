@@ -274,7 +274,7 @@ async def test_the_process_refuses_to_start_when_an_output_topic_is_missing(
     returncode = await asyncio.to_thread(process.wait, 60)
 
     assert returncode != 0
-    refusals = [line for line in process.log_path.read_text().splitlines() if "refusing to start" in line]
+    refusals = [line for line in process.log_path.read_text().splitlines() if "refusing_to_start" in line]
     assert len(refusals) == 1
     assert missing in refusals[0]
 
