@@ -5,6 +5,11 @@ the committed offset, the log-end offset (the last stable offset: the consumer r
 read_committed, so records of open transactions do not count yet) and the lag between them, then
 the total. A partition without a committed offset counts from its earliest offset.
 
+Records written in a transaction (e.g. by `exam-events replay`) are followed by a commit marker,
+which takes an offset of its own and is never delivered: a partition whose last write was a
+transaction shows a lag of 1 until its next record is consumed. Lag that stays at 1 on an idle
+partition is that marker, not a stuck consumer.
+
     --json prints {"group": ..., "total_lag": N,
                    "partitions": [{"topic": ..., "partition": ..., "committed": ..., "end": ..., "lag": ...}]}
 ("committed" is null where the group has none.)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -73,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "process", None) is not None:
         return int(args.process(args))
     settings = load_settings(ConsumerSettings, PROG)
+    # The command reports a failure in one line of its own; the libraries' per-attempt connection
+    # errors would only bury it.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return asyncio.run(_run(args, settings))
     except CommandFailed as exc:

@@ -11,7 +11,7 @@ in exactly-once mode the dedup store suppresses what was published before.
 
 Filters: --since/--until (ISO 8601, on the record's timestamp), --event-name (the `event-name`
 header the ingress set, or the consumer's `dlq-event-name` / `unrouted-event-name`), --error-type
-(`dlq-error-type` or `unrouted-reason`). --limit stops after N copies, --rate caps copies per second.
+(`dlq-error-type`, or the start of `unrouted-reason`, e.g. "no handler"). --limit stops after N copies, --rate caps copies per second.
 Only records present when the command starts are considered.
 
 Copying twice is impossible, also after an interruption: the copies and the source position are
@@ -110,7 +110,10 @@ class ReplayRequest:
             return False
         if self.event_name is not None and self.event_name not in header_values(headers, EVENT_NAME_HEADERS):
             return False
-        return self.error_type is None or self.error_type in header_values(headers, REASON_HEADERS)
+        if self.error_type is None:
+            return True
+        # dlq-error-type is a short type; unrouted-reason a sentence, matched by its start.
+        return any(reason.startswith(self.error_type) for reason in header_values(headers, REASON_HEADERS))
 
 
 def header_values(headers: Sequence[tuple[str, bytes]], names: Sequence[str]) -> set[str]:

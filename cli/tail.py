@@ -142,7 +142,10 @@ async def tail(
         end = await reader.end_offsets(partitions)
         for tp in partitions:
             # The last `lines` records per partition (or all), like tail(1); merged by time below.
-            reader.seek(tp, earliest[tp] if from_beginning else max(earliest[tp], end[tp] - lines))
+            # Twice as many offsets back: in a transactional topic each transaction's commit marker
+            # takes an offset too (at worst one per record), and markers are never returned.
+            back = earliest[tp] if from_beginning else max(earliest[tp], end[tp] - 2 * lines)
+            reader.seek(tp, back)
         backlog: list[Any] = []  # records present when the command started
         newer: list[Any] = []  # records that arrived while the backlog was read
         while not all([await reader.position(tp) >= end[tp] for tp in partitions]):
