@@ -11,8 +11,8 @@ in exactly-once mode the dedup store suppresses what was published before.
 
 Filters: --since/--until (ISO 8601, on the record's timestamp), --event-name (the `event-name`
 header the ingress set, or the consumer's `dlq-event-name` / `unrouted-event-name`), --error-type
-(`dlq-error-type`, or the start of `unrouted-reason`, e.g. "no handler"). --limit stops after N copies, --rate caps copies per second.
-Only records present when the command starts are considered.
+(`dlq-error-type`, or the start of `unrouted-reason`, e.g. "no handler"). --limit stops after N
+copies, --rate caps copies per second. Only records present when the command starts are considered.
 
 Copying twice is impossible, also after an interruption: the copies and the source position are
 committed together, in one Kafka transaction per chunk, under a consumer group named after the
