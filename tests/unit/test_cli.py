@@ -1,0 +1,88 @@
+"""The pure parts of `exam-events`: replay ids, filters and headers; masking; lag arithmetic."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from cli.main import build_parser
+from cli.replay import ReplayRequest, parse_time, replay_headers
+from cli.tail import mask_personal_data
+from common.lag import partition_lag
+
+
+def test_the_same_source_target_and_filters_give_the_same_replay_id() -> None:
+    one = ReplayRequest("dlq", "raw", event_name="x", limit=5, rate=10)
+    again = ReplayRequest("dlq", "raw", event_name="x")
+    other = ReplayRequest("dlq", "raw", event_name="y")
+
+    assert one.replay_id == again.replay_id
+    assert one.replay_id != other.replay_id
+    assert one.group_id == f"exam-events.replay.{one.replay_id}"
+
+
+def test_replay_filters_match_event_names_and_error_types_from_any_of_their_headers() -> None:
+    request = ReplayRequest("unrouted", "raw", event_name="exam.new", error_type="no handler")
+
+    assert request.matches(
+        [("unrouted-event-name", b"exam.new"), ("unrouted-reason", b"no handler for x")], 0
+    )
+    assert not request.matches([("event-name", b"exam.new"), ("unrouted-reason", b"other")], 0)
+    assert not request.matches([("event-name", b"exam.old"), ("unrouted-reason", b"no handler")], 0)
+
+
+def test_replay_headers_keep_the_originals_and_replace_an_earlier_replays() -> None:
+    original = [("webhook-id", b"w1"), ("replay-id", b"old"), ("replay-source-offset", b"1")]
+
+    headers = replay_headers(original, "new", "dlq", 2, 40)
+
+    assert headers == [
+        ("webhook-id", b"w1"),
+        ("replay-id", b"new"),
+        ("replay-source-topic", b"dlq"),
+        ("replay-source-partition", b"2"),
+        ("replay-source-offset", b"40"),
+    ]
+
+
+def test_times_without_a_zone_are_utc_and_junk_is_refused() -> None:
+    assert parse_time("2026-12-01T10:00:00").isoformat() == "2026-12-01T10:00:00+00:00"
+    assert parse_time("2026-12-01T10:00:00Z") == parse_time("2026-12-01T11:00:00+01:00")
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_time("yesterday")
+
+
+def test_masking_hides_learners_names_and_emails_but_not_exam_names() -> None:
+    masked = mask_personal_data(
+        {
+            "learner": {"id": "u1", "name": "Ada Lovelace", "email": "ada@example.org"},
+            "user": {"firstName": "Ada", "last_name": "Lovelace"},
+            "exam": {"name": "Maths"},
+            "note": "contact ada@example.org",
+        }
+    )
+
+    assert masked == {
+        "learner": {"id": "u1", "name": "***", "email": "***"},
+        "user": {"firstName": "***", "last_name": "***"},
+        "exam": {"name": "Maths"},
+        "note": "contact ***",
+    }
+
+
+@pytest.mark.parametrize(
+    ("committed", "end", "earliest", "lag"),
+    [(2, 5, 0, 3), (None, 5, 1, 4), (-1, 5, 0, 5), (0, 5, 3, 2), (7, 5, 0, 0)],
+)
+def test_lag_counts_from_the_committed_offset_else_the_earliest(
+    committed: int | None, end: int, earliest: int, lag: int
+) -> None:
+    assert partition_lag(committed, end, earliest) == lag
+
+
+def test_replay_refuses_a_zero_limit_or_rate() -> None:
+    parser = build_parser()
+    for flags in (["--limit", "0"], ["--rate", "0"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["replay", "--from", "dlq", *flags])
