@@ -1,7 +1,7 @@
 """`exam-events replay`: copy dead-letter or unrouted records back to the raw topic.
 
     exam-events replay --from exam.webhooks.unrouted --event-name "Exam Results Released" --dry-run
-    exam-events replay --from exam.webhooks.dlq --error-type validation --since 2026-12-01T00:00:00Z
+    exam-events replay --from exam.webhooks.dlq --error-type ValidationError --since 2026-12-01T00:00:00Z
 
 Each matching record is copied to --to (default: the raw topic, CONSUMER_RAW_TOPIC) with its key
 and value byte for byte and its headers kept, plus `replay-id`, `replay-source-topic`,
