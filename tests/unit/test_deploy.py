@@ -741,13 +741,17 @@ def test_the_runbook_uses_the_lag_tail_and_dry_run_replay_commands() -> None:
     assert "`exam-events replay --from exam.webhooks.dlq --dry-run`" in text
 
 
-def test_operations_md_leaves_room_for_the_operator_story_and_has_deployment_and_runbook_sections() -> None:
+def test_operations_md_tells_the_operators_story_then_deployment_and_the_runbook() -> None:
     lines = OPERATIONS.read_text().splitlines()
     sections = [line for line in lines if line.startswith("## ")]
 
     assert lines[0].startswith("# ")
-    assert lines[1] == "<!-- operator story -->"
-    assert sections == ["## Deployment", "## Alerts runbook"]
+    assert sections == [
+        "## The operator's story: an event the consumer did not know yet",
+        "## Topics",
+        "## Deployment",
+        "## Alerts runbook",
+    ]
 
 
 # --- promtool --------------------------------------------------------------------------------------
