@@ -139,7 +139,8 @@ class BatchProcessor:
                 metrics.publish_retries.inc()
                 level = log.error if attempt >= ERROR_AFTER_ATTEMPTS else log.warning
                 level(
-                    "publish failed; batch not committed, retrying",
+                    "publish_failed",
+                    hint="batch not committed; retrying with backoff",
                     error=repr(exc)[:500],
                     attempt=attempt,
                     retry_in_seconds=delay,
@@ -152,8 +153,9 @@ class BatchProcessor:
                 if not self._owned(partitions):
                     metrics.batches_dropped.inc()
                     log.warning(
-                        "this member no longer owns the batch's partitions; dropped uncommitted, "
-                        "their new owner reads them again",
+                        "batch_dropped",
+                        hint="this member no longer owns the batch's partitions; their new owner "
+                        "reads them again",
                         attempt=attempt,
                         offsets=ranges,
                     )
@@ -164,7 +166,7 @@ class BatchProcessor:
         metrics.batches.inc()
         metrics.batch_seconds.observe(time.perf_counter() - started)
         log.info(
-            "batch committed",
+            "batch_committed",
             records=len(records),
             offsets=ranges,
             emitted=sum(plan.emitted.values()),
@@ -182,7 +184,8 @@ class BatchProcessor:
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             self._metrics.commit_failures.inc()
             log.warning(
-                "commit failed after publishing; these inputs will be redelivered (same ce_id)",
+                "commit_failed",
+                hint="after publishing; these inputs will be redelivered (same ce_id)",
                 error=repr(exc)[:500],
                 offsets=ranges,
             )
@@ -244,7 +247,8 @@ class AtLeastOnceCheckpoint:
                 # our handler ran): committing this one would skip them. Read them first.
                 metrics.gap_rewinds.inc()
                 log.error(
-                    "batch starts past unhandled records; rewinding",
+                    "batch_gap_rewind",
+                    hint="the batch starts past unhandled records; rewinding to read them first",
                     rewind_to={f"{tp.topic}/{tp.partition}": offset for tp, offset in gaps.items()},
                 )
                 self._member.seek_or_die(gaps)
@@ -260,7 +264,7 @@ class AtLeastOnceCheckpoint:
             # would skip this batch: rewind its partitions instead, so it is read again.
             self._failures += 1
             metrics.batch_failures.inc()
-            log.exception("batch handling crashed; rewinding to re-read it", records=len(records))
+            log.exception("batch_handling_crashed", hint="rewinding to re-read it", records=len(records))
             self._guard.drop(records)
             self._member.seek_or_die(earliest_offsets(records))
             await self._sleep(
@@ -350,7 +354,7 @@ class ExactlyOnceCheckpoint:
             else:
                 self._metrics.batches_dropped.inc()
                 log.info(
-                    "partition no longer owned; its records are left to its new owner", partition=_name(tp)
+                    "partition_not_owned", hint="its records are left to its new owner", partition=_name(tp)
                 )
             return
         unhandled = self._unhandled(state, records)
@@ -389,7 +393,7 @@ class ExactlyOnceCheckpoint:
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         record_outcomes(plan, self._metrics)
         log.info(
-            "transaction committed",
+            "transaction_committed",
             partition=_name(tp),
             offsets=f"{unhandled[0].offset}-{unhandled[-1].offset}",
             records=len(unhandled),
@@ -415,7 +419,8 @@ class ExactlyOnceCheckpoint:
             state.rewound_to = expected
             self._metrics.gap_rewinds.inc()
             log.warning(
-                "batch starts past the committed offset; rewinding",
+                "batch_gap_rewind",
+                hint="the batch starts past the committed offset; rewinding to read the records between",
                 partition=_name(state.tp),
                 committed=expected,
                 first=fresh[0].offset,
@@ -466,7 +471,8 @@ class ExactlyOnceCheckpoint:
                 if isinstance(abort_error, asyncio.CancelledError):
                     raise
                 log.info(
-                    "abort did not complete; the next producer of the partition ends it",
+                    "transaction_abort_incomplete",
+                    hint="the next producer of the partition ends it",
                     error=repr(abort_error)[:200],
                 )
         self._partitions.lost(state, f"transaction abandoned ({reason}): {exc!r}"[:300])
@@ -474,17 +480,19 @@ class ExactlyOnceCheckpoint:
         if fenced:
             self._metrics.producers_fenced.inc()
             log.warning(
-                "producer fenced: a newer producer of this partition exists (its next owner), or the "
-                "broker timed the transaction out; the work is dropped uncommitted",
+                "producer_fenced",
+                hint="a newer producer of this partition exists (its next owner), or the broker timed "
+                "the transaction out; the work is dropped uncommitted",
                 partition=_name(tp),
                 offsets=f"{records[0].offset}-{records[-1].offset}",
             )
         if not self._member.owned({tp}):
-            log.info("partition no longer owned; transaction abandoned", partition=_name(tp))
+            log.info("partition_not_owned", hint="transaction abandoned", partition=_name(tp))
             return
         level = log.error if state.failures >= ERROR_AFTER_ATTEMPTS else log.warning
         level(
-            "transaction abandoned; nothing committed, rewinding and retrying",
+            "transaction_abandoned",
+            hint="nothing committed; rewinding and retrying",
             partition=_name(tp),
             error=repr(exc)[:500],
             offsets=f"{records[0].offset}-{records[-1].offset}",
@@ -543,18 +551,30 @@ def record_outcomes(plan: BatchPlan, metrics: ConsumerMetrics) -> None:
             "event_name": outcome.event_name,
         }
         if outcome.kind == "emitted":
-            log.debug("events emitted", ce_ids=list(outcome.ce_ids), **coordinates)
+            log.debug("events_emitted", ce_ids=list(outcome.ce_ids), **coordinates)
         elif outcome.kind == "duplicate":
-            log.info("events published before (same ce_ids); not published again", **coordinates)
+            log.info(
+                "duplicate_events_suppressed",
+                hint="published before (same ce_ids); not published again",
+                **coordinates,
+            )
         elif outcome.kind == "revoked":
             metrics.revoked.inc()
-            log.info("attempt revoked; no events", **coordinates)
+            log.info("attempt_revoked", hint="no events", **coordinates)
         elif outcome.kind == "unrouted":
             metrics.unrouted.inc()
-            log.warning("no handler; sent to unrouted topic", reason=outcome.detail, **coordinates)
+            log.warning(
+                "record_unrouted",
+                hint="no handler; sent to the unrouted topic",
+                reason=outcome.detail,
+                **coordinates,
+            )
         else:
             log.warning(
-                "invalid webhook; sent to dead-letter topic", error_type=outcome.detail, **coordinates
+                "record_dead_lettered",
+                hint="invalid webhook; sent to the dead-letter topic",
+                error_type=outcome.detail,
+                **coordinates,
             )
 
 
@@ -584,7 +604,8 @@ async def commit_assigned(consumer: Any, offsets: Offsets) -> None:
     }
     if len(owned) < len(offsets):
         log.warning(
-            "partitions were revoked while their batch was in flight; their new owner re-reads them",
+            "partitions_revoked_in_flight",
+            hint="partitions were revoked while their batch was in flight; their new owner re-reads them",
             revoked=sorted(f"{t}/{p}" for (t, p) in offsets if TopicPartition(t, p) not in owned),
         )
     if owned:
@@ -630,16 +651,23 @@ class InFlightBatch(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         """Called by aiokafka before a rebalance: let the in-flight batch commit first."""
         self._before_wait()
         if not self._idle.is_set():
-            log.info("rebalance: waiting for the in-flight batch to commit", wait_seconds=self._wait_seconds)
+            log.info(
+                "rebalance_waiting",
+                hint="waiting for the in-flight batch to commit",
+                wait_seconds=self._wait_seconds,
+            )
             try:
                 await asyncio.wait_for(self._idle.wait(), self._wait_seconds)
             except TimeoutError:
-                log.warning("rebalance: in-flight batch still running; its inputs may be redelivered")
+                log.warning(
+                    "rebalance_wait_timed_out",
+                    hint="the in-flight batch is still running; its inputs may be redelivered",
+                )
         if self._after_revoke is not None:
             await self._after_revoke(revoked)
         self._metrics.assigned_partitions.set(0)
         if revoked:
-            log.info("partitions revoked", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+            log.info("partitions_revoked", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Called by aiokafka after a rebalance."""
@@ -648,7 +676,7 @@ class InFlightBatch(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             await self._after_assign(assigned)
         self._metrics.assignments.inc()
         self._metrics.assigned_partitions.set(len(assigned))
-        log.info("partitions assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+        log.info("partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 
 CommittedOffset = Callable[[TopicPartition], Awaitable[int | None]]

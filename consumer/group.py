@@ -60,5 +60,5 @@ class GroupMember:
                 if tp in assigned:
                     consumer.seek(tp, offset)
         except Exception:
-            log.critical("rewinding failed; exiting so that no record is skipped", exc_info=True)
+            log.critical("rewind_failed", hint="exiting so that no record is skipped", exc_info=True)
             self._exit(EXIT_CANNOT_REWIND)

@@ -119,7 +119,7 @@ class PartitionTransactions:
         started = time.perf_counter()
         await asyncio.gather(*(self._acquire_locked(self._state(tp)) for tp in assigned))
         log.info(
-            "partitions acquired",
+            "partitions_acquired",
             partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned),
             seconds=round(time.perf_counter() - started, 3),
             dedup_entries=self.entries(),
@@ -176,7 +176,8 @@ class PartitionTransactions:
             state.failures += 1
             self._metrics.acquire_failures.inc()
             log.warning(
-                "acquiring a partition failed; its records are read again later",
+                "partition_acquire_failed",
+                hint="its records are read again later",
                 partition=f"{tp.topic}/{tp.partition}",
                 error=repr(exc)[:500],
                 failures=state.failures,
@@ -188,7 +189,7 @@ class PartitionTransactions:
         state.acquired = True
         state.rewound_to = None
         log.info(
-            "partition acquired",
+            "partition_acquired",
             partition=f"{tp.topic}/{tp.partition}",
             transactional_id=self._settings.transactional_id(tp.partition),
             next_offset=state.next_offset,

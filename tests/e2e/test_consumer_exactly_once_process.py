@@ -157,7 +157,7 @@ async def test_a_zombie_that_wakes_up_to_commit_is_fenced_and_its_records_stay_i
     async def zombie_rejoined_or_refused() -> bool:
         zombie.assert_running()
         text = zombie.log_path.read_text()
-        return "transaction abandoned" in text or "producer fenced" in text
+        return "transaction_abandoned" in text or "producer_fenced" in text
 
     await wait_until(zombie_rejoined_or_refused, timeout=60, what="the zombie's commit to be refused")
     await asyncio.sleep(2)

@@ -143,7 +143,7 @@ async def test_the_dedup_store_is_restored_from_its_changelog_when_the_partition
     records = await read_derived(kafka_bootstrap, topics, count=sum(expected.values()))
     assert ce_ids(records) == expected
     assert suppressed == len(bodies)
-    acquired = [e for e in logs if e["event"] == "partition acquired" and e["partition"].endswith("/2")]
+    acquired = [e for e in logs if e["event"] == "partition_acquired" and e["partition"].endswith("/2")]
     assert acquired
     assert acquired[0]["dedup_entries"] == sum(expected.values())
     assert "dedup_restore_seconds" in acquired[0]
