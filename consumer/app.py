@@ -31,6 +31,7 @@ from faststream.specification import AsyncAPI
 from pydantic import Field, GetPydanticSchema
 
 from common.logging import configure_logging
+from common.tracing import Tracing, configure_tracing
 from consumer.checkpoint import (
     AtLeastOnceCheckpoint,
     BatchProcessor,
@@ -101,15 +102,20 @@ RawWebhookBatch = Annotated[
 
 
 def create_app(
-    settings: ConsumerSettings | None = None, *, sender: ManagedSender | None = None
+    settings: ConsumerSettings | None = None,
+    *,
+    sender: ManagedSender | None = None,
+    tracing: Tracing | None = None,
 ) -> ConsumerApp:
     """Build broker, subscriber, checkpoint, producers, metrics and HTTP routes from settings.
 
-    `sender` replaces the at-least-once Kafka producer (tests wrap the real one to inject errors).
+    `sender` replaces the at-least-once Kafka producer (tests wrap the real one to inject errors);
+    `tracing` replaces the one the OTEL_* environment configures (tests export to memory).
     """
     settings = settings or ConsumerSettings()
     configure_logging("consumer", settings.log_level)
     metrics = ConsumerMetrics.create()
+    tracing = configure_tracing("exam-events-consumer") if tracing is None else tracing
     member = GroupMember(lambda: subscriber.consumer, _exit)
     table = build_routing_table(settings.rules)
 
@@ -117,7 +123,12 @@ def create_app(
     if settings.exactly_once:
         transactions = PartitionTransactions(settings, member, metrics)
         eos = checkpoint = ExactlyOnceCheckpoint(
-            settings=settings, table=table, partitions=transactions, member=member, metrics=metrics
+            settings=settings,
+            table=table,
+            partitions=transactions,
+            member=member,
+            metrics=metrics,
+            tracing=tracing,
         )
 
         async def after_assign(assigned: set[TopicPartition]) -> None:
@@ -154,6 +165,7 @@ def create_app(
             commit=commit,
             metrics=metrics,
             owned=owned,
+            tracing=tracing,
         )
         checkpoint = AtLeastOnceCheckpoint(
             settings=settings, processor=processor, guard=guard, member=member, metrics=metrics

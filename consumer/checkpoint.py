@@ -14,6 +14,11 @@ Each batch from the raw topic goes through the same four steps, in this order:
 4. record outcomes: metrics and logs; exactly-once also the dedup store and where the partition
    continues.
 
+With tracing on (`common.tracing`), step 1 starts each record's `consume` and `derive` spans, step 2
+the `publish` spans and the derived records' trace headers (`consumer.plan.BatchTrace`), step 3 runs
+in a `commit` span, and the consume spans end once their batch is committed (failed, with the
+error's type, when it was abandoned, dropped or crashed).
+
 Nothing is committed before every record of its batch is acknowledged. A failure before step 4
 commits nothing: at-least-once re-publishes the batch with backoff (duplicates with the same ce_id,
 never a loss); exactly-once abandons the transaction (it is aborted, or fenced by the partition's
@@ -41,9 +46,11 @@ from aiokafka.errors import (
     ProducerFenced,
 )
 
+from common import tracing as otel
+from common.tracing import Tracing
 from consumer.group import GroupMember
 from consumer.metrics import ConsumerMetrics
-from consumer.plan import BatchPlan, OutgoingRecord, RawRecord, plan_batch
+from consumer.plan import BatchPlan, BatchTrace, OutgoingRecord, RawRecord, plan_batch
 from consumer.sender import KeyPartitioner, PublishError, RecordSender, await_acks, publish_all, queue_records
 from consumer.settings import ConsumerSettings
 from consumer.transactions import PartitionState, PartitionTransactions
@@ -79,6 +86,7 @@ class BatchProcessor:
         metrics: ConsumerMetrics,
         owned: Owned = lambda partitions: partitions,
         sleep: Sleep = asyncio.sleep,
+        tracing: Tracing = otel.NO_TRACING,
     ) -> None:
         self._settings = settings
         self._table = table
@@ -88,6 +96,7 @@ class BatchProcessor:
         self._metrics = metrics
         self._owned = owned
         self._sleep = sleep
+        self._tracing = tracing
         self._in_flight_since: float | None = None
         self.last_progress = time.monotonic()
 
@@ -113,23 +122,39 @@ class BatchProcessor:
 
     async def _process(self, records: Sequence[RawRecord]) -> bool:
         started = time.perf_counter()
-        settings, metrics = self._settings, self._metrics
+        settings = self._settings
         plan = plan_batch(
             records,
             self._table,
             self._derived_topics,
             dlq_topic=settings.dlq_topic,
             unrouted_topic=settings.unrouted_topic,
+            tracing=self._tracing,
+            group_id=settings.group_id,
         )
+        try:
+            done = await self._publish_and_commit(records, plan, started)
+        except BaseException as exc:  # a crash or a cancellation: the spans say so, then it goes on
+            plan.trace.finish(exc)
+            raise
+        plan.trace.finish(None if done else "PartitionLost")
+        return done
+
+    async def _publish_and_commit(
+        self, records: Sequence[RawRecord], plan: BatchPlan, started: float
+    ) -> bool:
+        settings, metrics = self._settings, self._metrics
         metrics.consumed.inc(len(records))
         for seconds in plan.handler_seconds:
             metrics.handler_seconds.observe(seconds)
         ranges = _offset_ranges(records)
+        # Queued as they are from now on, retries included: a retried record keeps its traceparent.
+        outgoing = plan.trace.start_publish(plan.outgoing)
 
         attempt = 0
         while True:
             try:
-                await publish_all(self._sender, plan.outgoing)
+                await publish_all(self._sender, outgoing)
                 break
             except Exception as exc:  # any publish failure: keep the batch, retry it
                 attempt += 1
@@ -161,8 +186,9 @@ class BatchProcessor:
                     )
                     return False
 
+        plan.trace.published()
         record_outcomes(plan, self._metrics)
-        await self._commit_or_warn(plan.next_offsets, ranges)
+        await self._commit_or_warn(plan.next_offsets, ranges, plan.trace)
         metrics.batches.inc()
         metrics.batch_seconds.observe(time.perf_counter() - started)
         log.info(
@@ -177,11 +203,13 @@ class BatchProcessor:
         )
         return True
 
-    async def _commit_or_warn(self, offsets: Offsets, ranges: dict[str, str]) -> None:
+    async def _commit_or_warn(self, offsets: Offsets, ranges: dict[str, str], trace: BatchTrace) -> None:
         """Commit; a failure only costs redelivery (outputs are already acknowledged), so never crash."""
         try:
-            await self._commit(offsets)
+            with trace.committing({otel.MESSAGING_DESTINATION_NAME: self._settings.raw_topic}):
+                await self._commit(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            trace.finish(exc)  # published, but read and traced again by whoever commits them
             self._metrics.commit_failures.inc()
             log.warning(
                 "commit_failed",
@@ -303,6 +331,7 @@ class ExactlyOnceCheckpoint:
         member: GroupMember,
         metrics: ConsumerMetrics,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing = otel.NO_TRACING,
     ) -> None:
         self._settings = settings
         self._table = table
@@ -311,6 +340,7 @@ class ExactlyOnceCheckpoint:
         self._member = member
         self._metrics = metrics
         self._clock = clock
+        self._tracing = tracing
         self._partitioner = KeyPartitioner()
         self._in_flight_since: float | None = None
         self._interrupted = asyncio.Event()
@@ -369,6 +399,8 @@ class ExactlyOnceCheckpoint:
             dlq_topic=settings.dlq_topic,
             unrouted_topic=settings.unrouted_topic,
             published=state.store,
+            tracing=self._tracing,
+            group_id=settings.group_id,
         )
         for seconds in plan.handler_seconds:
             self._metrics.handler_seconds.observe(seconds)
@@ -376,9 +408,13 @@ class ExactlyOnceCheckpoint:
         try:
             async with asyncio.timeout(settings.transaction_deadline_seconds):
                 changelog_end = await self._transact(state, plan, next_offset)
-        except Exception as exc:
+        except BaseException as exc:
+            plan.trace.finish(exc)  # the records are read, planned and traced again
+            if not isinstance(exc, Exception):
+                raise
             await self._abandon(state, exc, unhandled)
             return
+        plan.trace.finish()
         # 4. Committed: the outputs, the changelog records and the offsets are visible together.
         state.next_offset = next_offset
         state.failures = 0
@@ -435,7 +471,8 @@ class ExactlyOnceCheckpoint:
         if producer is None:
             raise PublishError("the partition's producer is gone")
         await producer.begin_transaction()
-        futures = await queue_records(producer, plan.outgoing, self._partitioner, state.producer.watch)
+        outgoing = plan.trace.start_publish(plan.outgoing)
+        futures = await queue_records(producer, outgoing, self._partitioner, state.producer.watch)
         changelog = [
             OutgoingRecord(
                 self._settings.dedup_topic, ce_id.encode(), ce_type.encode(), (), state.tp.partition
@@ -444,10 +481,18 @@ class ExactlyOnceCheckpoint:
         ]
         changelog_futures = await queue_records(producer, changelog, self._partitioner, state.producer.watch)
         await await_acks([*futures, *changelog_futures])
-        await producer.send_offsets_to_transaction({state.tp: next_offset}, self._settings.group_id)
-        if not self._member.owned({state.tp}):
-            raise PartitionLost(f"{_name(state.tp)} was revoked before its transaction committed")
-        await producer.commit_transaction()
+        plan.trace.published()
+        with plan.trace.committing(
+            {
+                otel.MESSAGING_DESTINATION_NAME: state.tp.topic,
+                otel.MESSAGING_DESTINATION_PARTITION_ID: str(state.tp.partition),
+                "exam_events.transactional_id": self._settings.transactional_id(state.tp.partition),
+            }
+        ):
+            await producer.send_offsets_to_transaction({state.tp: next_offset}, self._settings.group_id)
+            if not self._member.owned({state.tp}):
+                raise PartitionLost(f"{_name(state.tp)} was revoked before its transaction committed")
+            await producer.commit_transaction()
         if not changelog_futures:
             return None
         # One writer per changelog partition (this producer), so the transaction's records are

@@ -1,6 +1,9 @@
 """Turn one batch of raw records into the records to publish and the offsets to commit.
 
-Pure: no broker, no clock beyond measuring handler time. The I/O around it is in `consumer.batch`.
+Pure: no broker, no clock beyond measuring handler time. The I/O around it is in `consumer.checkpoint`.
+With tracing on (`common.tracing`), planning also starts each raw record's `consume` span and times
+its `derive` span; `BatchTrace` then starts the `publish` spans, adds the trace headers to the derived
+records and ends every span as the checkpoint reports acknowledgements and the commit.
 """
 
 from __future__ import annotations
@@ -8,9 +11,15 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Container, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from opentelemetry.trace import Link, Span, SpanContext
+from opentelemetry.util.types import AttributeValue
+
+from common import tracing as otel
+from common.tracing import SpanKind, Tracing
 from consumer.dedup import id_bytes
 from handlers import Handled, Invalid, RoutingTable, SourceRecord, Unrouted, route_webhook
 
@@ -52,6 +61,16 @@ class RawRecord(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
+@dataclass(slots=True, eq=False)
+class RecordTrace:
+    """Tracing on: the spans of one raw record, which its outgoing records continue."""
+
+    consume: Span
+    # The derive span's context, where the events were created: their ce_traceparent. None for a
+    # dead-lettered or unrouted record, whose copy keeps the raw record's headers as they are.
+    created_in: SpanContext | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class OutgoingRecord:
     """A record to produce: a derived event, or a raw record on its way to the DLQ/unrouted topic."""
@@ -61,6 +80,8 @@ class OutgoingRecord:
     value: bytes | None
     headers: Headers
     partition: int | None = None  # None: chosen from the key, as the default partitioner does
+    # Tracing on: the raw record's trace, which the record's publish span continues.
+    trace: RecordTrace | None = field(default=None, compare=False, repr=False)
 
 
 OutcomeKind = Literal["emitted", "duplicate", "revoked", "dead_lettered", "unrouted"]
@@ -91,6 +112,8 @@ class BatchPlan:
     new_ids: list[tuple[bytes, str, str]] = field(default_factory=list)
     dead_lettered: Counter[str] = field(default_factory=Counter)
     handler_seconds: list[float] = field(default_factory=list)
+    # The batch's spans; the shared BatchTrace.OFF (does nothing) while tracing is off.
+    trace: BatchTrace = field(default_factory=lambda: BatchTrace.OFF)
 
     def count(self, kind: OutcomeKind) -> int:
         """How many raw records had this outcome."""
@@ -105,16 +128,24 @@ def plan_batch(
     dlq_topic: str,
     unrouted_topic: str,
     published: Container[bytes] | None = None,
+    tracing: Tracing = otel.NO_TRACING,
+    group_id: str | None = None,
 ) -> BatchPlan:
     """Route every record; collect what to publish and the offset after each partition's last record.
 
     With `published` (exactly-once: the partition's dedup store), an event whose ce_id is in it, or
     earlier in this batch, is left out and counted in `duplicates`; the others are in `new_ids`.
+    With `tracing` on, each record gets its `consume` and `derive` spans (`BatchTrace`); off, the
+    only cost is one check per record.
     """
     plan = BatchPlan()
+    trace = plan.trace = BatchTrace(tracing, group_id) if tracing.enabled else BatchTrace.OFF
     in_batch: set[bytes] = set()
     for record in records:
         source = SourceRecord(record.topic, record.partition, record.offset)
+        record_trace = derive = None
+        if trace.on:
+            record_trace, derive = trace.consume(record)
         started = time.perf_counter()
         try:
             result = route_webhook(record.value or b"", source, table)
@@ -125,13 +156,19 @@ def plan_batch(
                         event.key.encode(),
                         event.value(),
                         tuple(event.kafka_headers()),
+                        trace=record_trace,
                     )
                     for event in result.output.events
                 ]
         except Exception as exc:  # a handler bug must not block the partition
             result = Invalid(None, HANDLER_ERROR, f"{type(exc).__name__}: {exc}"[:1000])
+            if derive is not None:
+                otel.record_error(derive, exc)
         plan.handler_seconds.append(time.perf_counter() - started)
+        if record_trace is not None and derive is not None:
+            trace.derived(record_trace, derive, result)
 
+        outcome: RecordOutcome
         if isinstance(result, Handled):
             emitted = result.output.events
             if published is not None and emitted:
@@ -156,21 +193,25 @@ def plan_batch(
                 kind = "duplicate"
             else:
                 kind = "emitted"
-            plan.outcomes.append(
-                RecordOutcome(source, kind, result.event_name, skipped, tuple(event.id for event in emitted))
-            )
+            ce_ids = tuple(event.id for event in emitted)
+            outcome = RecordOutcome(source, kind, result.event_name, skipped, ce_ids)
         elif isinstance(result, Unrouted):
-            plan.outgoing.append(_unrouted(record, result, unrouted_topic))
-            plan.outcomes.append(RecordOutcome(source, "unrouted", result.event_name, result.reason))
+            plan.outgoing.append(_unrouted(record, result, unrouted_topic, record_trace))
+            outcome = RecordOutcome(source, "unrouted", result.event_name, result.reason)
         else:
-            plan.outgoing.append(_dead_lettered(record, result, dlq_topic))
+            plan.outgoing.append(_dead_lettered(record, result, dlq_topic, record_trace))
             plan.dead_lettered[result.error_type] += 1
-            plan.outcomes.append(RecordOutcome(source, "dead_lettered", result.event_name, result.error_type))
+            outcome = RecordOutcome(source, "dead_lettered", result.event_name, result.error_type)
+        plan.outcomes.append(outcome)
+        if record_trace is not None:
+            trace.outcome(record_trace, outcome)
         plan.next_offsets[(record.topic, record.partition)] = record.offset + 1
     return plan
 
 
-def _dead_lettered(record: RawRecord, why: Invalid, topic: str) -> OutgoingRecord:
+def _dead_lettered(
+    record: RawRecord, why: Invalid, topic: str, trace: RecordTrace | None = None
+) -> OutgoingRecord:
     """The raw record, value and key byte for byte, with headers that say why and where from."""
     added = [
         (DLQ_ERROR_TYPE, why.error_type.encode()),
@@ -181,10 +222,12 @@ def _dead_lettered(record: RawRecord, why: Invalid, topic: str) -> OutgoingRecor
     ]
     if why.event_name is not None:
         added.append((DLQ_EVENT_NAME, why.event_name.encode()))
-    return OutgoingRecord(topic, record.key, record.value, _with_headers(record.headers, added))
+    return OutgoingRecord(topic, record.key, record.value, _with_headers(record.headers, added), trace=trace)
 
 
-def _unrouted(record: RawRecord, why: Unrouted, topic: str) -> OutgoingRecord:
+def _unrouted(
+    record: RawRecord, why: Unrouted, topic: str, trace: RecordTrace | None = None
+) -> OutgoingRecord:
     """The raw record unchanged, with headers that say why no handler took it."""
     added = [
         (UNROUTED_REASON, why.reason.encode()),
@@ -194,10 +237,153 @@ def _unrouted(record: RawRecord, why: Unrouted, topic: str) -> OutgoingRecord:
     ]
     if why.event_name is not None:
         added.append((UNROUTED_EVENT_NAME, why.event_name.encode()))
-    return OutgoingRecord(topic, record.key, record.value, _with_headers(record.headers, added))
+    return OutgoingRecord(topic, record.key, record.value, _with_headers(record.headers, added), trace=trace)
 
 
 def _with_headers(original: Sequence[tuple[str, bytes]], added: list[tuple[str, bytes]]) -> Headers:
     """The record's own headers, then ours; a replayed record's stale copies of ours are dropped."""
     ours = {name for name, _ in added}
     return (*((name, value) for name, value in original if name not in ours), *added)
+
+
+class BatchTrace:
+    """Tracing on: the spans of one planned batch, ended as the checkpoint reports its progress.
+
+    Per raw record a `consume` span (kind CONSUMER), a child of the record's `traceparent` or the
+    root of a new trace, from planning the record until its batch is committed; under it a `derive`
+    span (the handler call) and, per outgoing record, a `publish` span (kind PRODUCER) from queueing
+    until Kafka acknowledged it. Per batch (per raw partition in exactly-once mode) a `commit` span
+    (offsets; the transaction commit) in a trace of its own, linked to each record's consume span.
+
+    `BatchTrace.OFF` does nothing, so the checkpoint calls these methods without checking.
+    """
+
+    OFF: BatchTrace
+
+    __slots__ = ("_consumes", "_group_id", "_publishes", "_tracing", "on")
+
+    def __init__(self, tracing: Tracing, group_id: str | None = None) -> None:
+        self._tracing = tracing
+        self._group_id = group_id
+        self.on = tracing.enabled
+        self._consumes: list[Span] = []
+        self._publishes: list[Span] = []
+
+    def consume(self, record: RawRecord) -> tuple[RecordTrace, Span]:
+        """Start the record's consume span, continuing its trace, and its derive span under it."""
+        attributes: dict[str, AttributeValue] = {
+            otel.MESSAGING_SYSTEM: "kafka",
+            otel.MESSAGING_OPERATION_TYPE: "process",
+            otel.MESSAGING_OPERATION_NAME: "consume",
+            otel.MESSAGING_DESTINATION_NAME: record.topic,
+            otel.MESSAGING_DESTINATION_PARTITION_ID: str(record.partition),
+            otel.MESSAGING_KAFKA_OFFSET: record.offset,
+            otel.MESSAGING_MESSAGE_BODY_SIZE: len(record.value or b""),
+        }
+        if self._group_id is not None:
+            attributes[otel.MESSAGING_CONSUMER_GROUP_NAME] = self._group_id
+        consume = self._tracing.start_span(
+            "consume", otel.extract(record.headers), kind=SpanKind.CONSUMER, attributes=attributes
+        )
+        self._consumes.append(consume)
+        return RecordTrace(consume), self._tracing.start_span("derive", consume)
+
+    def derived(self, record: RecordTrace, derive: Span, result: Handled | Unrouted | Invalid) -> None:
+        """End the derive span; a record that derived events remembers where they were created."""
+        if isinstance(result, Handled):
+            record.created_in = derive.get_span_context()
+        elif isinstance(result, Invalid) and result.error_type != HANDLER_ERROR:
+            otel.record_error(derive, result.error_type)  # a handler error recorded its exception type
+        derive.end()
+
+    def outcome(self, record: RecordTrace, outcome: RecordOutcome) -> None:
+        """Say on the consume span what became of the record (no body, no personal data)."""
+        consume = record.consume
+        consume.set_attribute("exam_events.outcome", outcome.kind)
+        if outcome.event_name is not None:
+            consume.set_attribute("exam_events.event_name", outcome.event_name)
+        if outcome.kind == "dead_lettered" and outcome.detail is not None:
+            consume.set_attribute("exam_events.error_type", outcome.detail)
+        consume.set_attribute("exam_events.events", len(outcome.ce_ids))
+
+    def start_publish(self, outgoing: list[OutgoingRecord]) -> list[OutgoingRecord]:
+        """The records to queue now: each gets a publish span; a derived event also gets `traceparent`
+        (its publish span) and `ce_traceparent` (its derive span), with `tracestate`/`ce_tracestate`
+        when a tracestate came in. Dead-letter and unrouted copies keep their headers as they are."""
+        if not self.on:
+            return outgoing
+        sent: list[OutgoingRecord] = []
+        for record in outgoing:
+            trace = record.trace
+            if trace is None:
+                sent.append(record)
+                continue
+            attributes: dict[str, AttributeValue] = {
+                otel.MESSAGING_SYSTEM: "kafka",
+                otel.MESSAGING_OPERATION_TYPE: "send",
+                otel.MESSAGING_OPERATION_NAME: "publish",
+                otel.MESSAGING_DESTINATION_NAME: record.topic,
+            }
+            if trace.created_in is not None:
+                headers = dict(record.headers)
+                if "ce_id" in headers:
+                    attributes[otel.MESSAGING_MESSAGE_ID] = attributes[otel.CLOUDEVENTS_EVENT_ID] = headers[
+                        "ce_id"
+                    ].decode()
+                if "ce_type" in headers:
+                    attributes[otel.CLOUDEVENTS_EVENT_TYPE] = headers["ce_type"].decode()
+            publish = self._tracing.start_span(
+                "publish", trace.consume, kind=SpanKind.PRODUCER, attributes=attributes
+            )
+            self._publishes.append(publish)
+            if trace.created_in is not None:
+                record = OutgoingRecord(
+                    record.topic,
+                    record.key,
+                    record.value,
+                    (
+                        *record.headers,
+                        *otel.kafka_headers(publish),
+                        *otel.cloudevents_headers(trace.created_in),
+                    ),
+                    record.partition,
+                    trace,
+                )
+            sent.append(record)
+        return sent
+
+    def published(self) -> None:
+        """Kafka acknowledged every record: end the publish spans."""
+        spans, self._publishes = self._publishes, []
+        for span in spans:
+            span.end()
+
+    def committing(self, attributes: otel.Attributes) -> AbstractContextManager[object]:
+        """The batch's `commit` span as a block, linked to each record's consume span."""
+        if not self.on:
+            return nullcontext()
+        return self._tracing.span(
+            "commit",
+            kind=SpanKind.CLIENT,
+            attributes={
+                otel.MESSAGING_SYSTEM: "kafka",
+                otel.MESSAGING_OPERATION_TYPE: "settle",
+                otel.MESSAGING_OPERATION_NAME: "commit",
+                otel.MESSAGING_BATCH_MESSAGE_COUNT: len(self._consumes),
+                **({otel.MESSAGING_CONSUMER_GROUP_NAME: self._group_id} if self._group_id else {}),
+                **attributes,
+            },
+            links=[Link(span.get_span_context()) for span in self._consumes],
+        )
+
+    def finish(self, error: BaseException | str | None = None) -> None:
+        """End every span still open: the consume spans once the batch is committed; with `error`
+        (the batch was abandoned, dropped or crashed) marked failed with the error's type."""
+        spans, self._publishes, self._consumes = [*self._publishes, *self._consumes], [], []
+        for span in spans:
+            if error is not None:
+                otel.record_error(span, error)
+            span.end()
+
+
+BatchTrace.OFF = BatchTrace(otel.NO_TRACING)
