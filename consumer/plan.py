@@ -80,8 +80,6 @@ class OutgoingRecord:
     value: bytes | None
     headers: Headers
     partition: int | None = None  # None: chosen from the key, as the default partitioner does
-    # Tracing on: the raw record's trace, which the record's publish span continues.
-    trace: RecordTrace | None = field(default=None, compare=False, repr=False)
 
 
 OutcomeKind = Literal["emitted", "duplicate", "revoked", "dead_lettered", "unrouted"]
@@ -146,6 +144,7 @@ def plan_batch(
         record_trace = derive = None
         if trace.on:
             record_trace, derive = trace.consume(record)
+            first = len(plan.outgoing)
         started = time.perf_counter()
         try:
             result = route_webhook(record.value or b"", source, table)
@@ -156,7 +155,6 @@ def plan_batch(
                         event.key.encode(),
                         event.value(),
                         tuple(event.kafka_headers()),
-                        trace=record_trace,
                     )
                     for event in result.output.events
                 ]
@@ -196,22 +194,20 @@ def plan_batch(
             ce_ids = tuple(event.id for event in emitted)
             outcome = RecordOutcome(source, kind, result.event_name, skipped, ce_ids)
         elif isinstance(result, Unrouted):
-            plan.outgoing.append(_unrouted(record, result, unrouted_topic, record_trace))
+            plan.outgoing.append(_unrouted(record, result, unrouted_topic))
             outcome = RecordOutcome(source, "unrouted", result.event_name, result.reason)
         else:
-            plan.outgoing.append(_dead_lettered(record, result, dlq_topic, record_trace))
+            plan.outgoing.append(_dead_lettered(record, result, dlq_topic))
             plan.dead_lettered[result.error_type] += 1
             outcome = RecordOutcome(source, "dead_lettered", result.event_name, result.error_type)
         plan.outcomes.append(outcome)
         if record_trace is not None:
-            trace.outcome(record_trace, outcome)
+            trace.outcome(record_trace, outcome, len(plan.outgoing) - first)
         plan.next_offsets[(record.topic, record.partition)] = record.offset + 1
     return plan
 
 
-def _dead_lettered(
-    record: RawRecord, why: Invalid, topic: str, trace: RecordTrace | None = None
-) -> OutgoingRecord:
+def _dead_lettered(record: RawRecord, why: Invalid, topic: str) -> OutgoingRecord:
     """The raw record, value and key byte for byte, with headers that say why and where from."""
     added = [
         (DLQ_ERROR_TYPE, why.error_type.encode()),
@@ -222,12 +218,10 @@ def _dead_lettered(
     ]
     if why.event_name is not None:
         added.append((DLQ_EVENT_NAME, why.event_name.encode()))
-    return OutgoingRecord(topic, record.key, record.value, _with_headers(record.headers, added), trace=trace)
+    return OutgoingRecord(topic, record.key, record.value, _with_headers(record.headers, added))
 
 
-def _unrouted(
-    record: RawRecord, why: Unrouted, topic: str, trace: RecordTrace | None = None
-) -> OutgoingRecord:
+def _unrouted(record: RawRecord, why: Unrouted, topic: str) -> OutgoingRecord:
     """The raw record unchanged, with headers that say why no handler took it."""
     added = [
         (UNROUTED_REASON, why.reason.encode()),
@@ -237,7 +231,7 @@ def _unrouted(
     ]
     if why.event_name is not None:
         added.append((UNROUTED_EVENT_NAME, why.event_name.encode()))
-    return OutgoingRecord(topic, record.key, record.value, _with_headers(record.headers, added), trace=trace)
+    return OutgoingRecord(topic, record.key, record.value, _with_headers(record.headers, added))
 
 
 def _with_headers(original: Sequence[tuple[str, bytes]], added: list[tuple[str, bytes]]) -> Headers:
@@ -260,7 +254,7 @@ class BatchTrace:
 
     OFF: BatchTrace
 
-    __slots__ = ("_consumes", "_group_id", "_publishes", "_tracing", "on")
+    __slots__ = ("_consumes", "_group_id", "_publishes", "_sources", "_tracing", "on")
 
     def __init__(self, tracing: Tracing, group_id: str | None = None) -> None:
         self._tracing = tracing
@@ -268,6 +262,9 @@ class BatchTrace:
         self.on = tracing.enabled
         self._consumes: list[Span] = []
         self._publishes: list[Span] = []
+        # The raw record's trace of each outgoing record, in the plan's order (kept aside, so that
+        # tracing off costs OutgoingRecord nothing).
+        self._sources: list[RecordTrace] = []
 
     def consume(self, record: RawRecord) -> tuple[RecordTrace, Span]:
         """Start the record's consume span, continuing its trace, and its derive span under it."""
@@ -296,8 +293,10 @@ class BatchTrace:
             otel.record_error(derive, result.error_type)  # a handler error recorded its exception type
         derive.end()
 
-    def outcome(self, record: RecordTrace, outcome: RecordOutcome) -> None:
-        """Say on the consume span what became of the record (no body, no personal data)."""
+    def outcome(self, record: RecordTrace, outcome: RecordOutcome, outgoing: int) -> None:
+        """Say on the consume span what became of the record (no body, no personal data); the last
+        `outgoing` records of the plan came of it."""
+        self._sources.extend([record] * outgoing)
         consume = record.consume
         consume.set_attribute("exam_events.outcome", outcome.kind)
         if outcome.event_name is not None:
@@ -307,17 +306,14 @@ class BatchTrace:
         consume.set_attribute("exam_events.events", len(outcome.ce_ids))
 
     def start_publish(self, outgoing: list[OutgoingRecord]) -> list[OutgoingRecord]:
-        """The records to queue now: each gets a publish span; a derived event also gets `traceparent`
-        (its publish span) and `ce_traceparent` (its derive span), with `tracestate`/`ce_tracestate`
-        when a tracestate came in. Dead-letter and unrouted copies keep their headers as they are."""
+        """The plan's `outgoing` records (all of them, in order) to queue now: each gets a publish
+        span; a derived event also gets `traceparent` (its publish span) and `ce_traceparent` (its
+        derive span), with `tracestate`/`ce_tracestate` when a tracestate came in. Dead-letter and
+        unrouted copies keep their headers as they are."""
         if not self.on:
             return outgoing
         sent: list[OutgoingRecord] = []
-        for record in outgoing:
-            trace = record.trace
-            if trace is None:
-                sent.append(record)
-                continue
+        for record, trace in zip(outgoing, self._sources, strict=True):
             attributes: dict[str, AttributeValue] = {
                 otel.MESSAGING_SYSTEM: "kafka",
                 otel.MESSAGING_OPERATION_TYPE: "send",
@@ -347,7 +343,6 @@ class BatchTrace:
                         *otel.cloudevents_headers(trace.created_in),
                     ),
                     record.partition,
-                    trace,
                 )
             sent.append(record)
         return sent
