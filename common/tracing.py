@@ -208,11 +208,16 @@ def _exporter(name: str) -> Any:
     return found[0].load()()
 
 
-def extract(headers: Iterable[tuple[str | bytes, str | bytes]]) -> Context | None:
-    """The W3C trace context in HTTP or Kafka headers (names in any case); None when there is no
-    valid `traceparent`, so the caller starts a new trace."""
+def extract(
+    headers: Iterable[tuple[str | bytes, str | bytes]] | Mapping[bytes, bytes] | Mapping[str, str],
+) -> Context | None:
+    """The W3C trace context in HTTP or Kafka headers (pairs or a mapping; names in any case); None
+    when there is no valid `traceparent`, so the caller starts a new trace."""
+    pairs: Iterable[tuple[str | bytes, str | bytes]] = (
+        headers.items() if isinstance(headers, Mapping) else headers
+    )
     carrier: dict[str, str] = {}
-    for raw_name, raw_value in headers:
+    for raw_name, raw_value in pairs:
         name = (raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name).lower()
         if name != TRACEPARENT and name != TRACESTATE:
             continue

@@ -157,6 +157,13 @@ def test_a_span_continues_the_trace_of_inbound_http_headers_and_hands_it_on_in_k
     assert (again.trace_id, again.span_id) == (ended.context.trace_id, ended.context.span_id)
 
 
+def test_a_mapping_of_headers_is_read_too() -> None:
+    parent = extract({b"content-type": b"application/json", b"traceparent": TRACEPARENT_VALUE.encode()})
+
+    assert parent is not None
+    assert f"{trace.get_current_span(parent).get_span_context().trace_id:032x}" == TRACE_ID
+
+
 def test_a_tracestate_travels_with_the_trace_and_repeated_ones_are_one_list(
     memory_tracing: MemoryTracing,
 ) -> None:
