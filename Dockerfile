@@ -9,6 +9,6 @@ COPY consumer ./consumer
 COPY handlers ./handlers
 COPY schemas ./schemas
 COPY scripts ./scripts
-RUN pip install --no-cache-dir . && python -m consumer.asyncapi_page && useradd --system --uid 10001 app
+RUN pip install --no-cache-dir '.[otlp]' && python -m consumer.asyncapi_page && useradd --system --uid 10001 app
 USER app
 CMD ["exam-events", "consumer"]

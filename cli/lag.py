@@ -22,10 +22,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 
 from cli.errors import CommandFailed
+from cli.kafka import admin_and_reader
 from common.lag import partition_lag
 from consumer.settings import ConsumerSettings
 
@@ -41,25 +41,9 @@ class PartitionLag:
     lag: int
 
 
-async def group_lag(settings: ConsumerSettings, group: str, timeout_ms: int = 10_000) -> list[PartitionLag]:
+async def group_lag(settings: ConsumerSettings, group: str) -> list[PartitionLag]:
     """The group's lag on every partition of the raw topic and of the topics it committed on."""
-    kafka = settings.kafka.aiokafka_kwargs()
-    admin = AIOKafkaAdminClient(**kafka, request_timeout_ms=timeout_ms)
-    reader = AIOKafkaConsumer(
-        **kafka,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        request_timeout_ms=timeout_ms,
-    )
-    try:
-        try:
-            await admin.start()
-            await reader.start()
-        except Exception as exc:
-            raise CommandFailed(
-                f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {type(exc).__name__}"
-            ) from None
+    async with admin_and_reader(settings) as (admin, reader):
         committed = {tp: meta.offset for tp, meta in (await admin.list_consumer_group_offsets(group)).items()}
         topics = {settings.raw_topic} | {tp.topic for tp in committed}
         existing = set(await admin.list_topics())
@@ -72,9 +56,6 @@ async def group_lag(settings: ConsumerSettings, group: str, timeout_ms: int = 10
             )
         ends = await reader.end_offsets(partitions)
         earliest = await reader.beginning_offsets(partitions)
-    finally:
-        await reader.stop()
-        await admin.close()
     rows = []
     for tp in sorted(partitions):
         mark = committed.get(tp)

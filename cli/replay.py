@@ -41,10 +41,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from cli.errors import CommandFailed
+from cli.kafka import admin_and_reader, partitions_of
 from common.producer import reliable_producer_kwargs
 from consumer.plan import DLQ_ERROR_TYPE, DLQ_EVENT_NAME, UNROUTED_EVENT_NAME, UNROUTED_REASON
 from consumer.settings import ConsumerSettings
@@ -186,32 +186,14 @@ async def replay(request: ReplayRequest, settings: ConsumerSettings) -> ReplayRe
         raise CommandFailed("--from and --to are the same topic")
     if request.since and request.until and request.since > request.until:
         raise CommandFailed("--since is after --until")
-    kafka = settings.kafka.aiokafka_kwargs()
     report = ReplayReport(request.replay_id)
-    admin = AIOKafkaAdminClient(**kafka, request_timeout_ms=10_000)
-    reader = AIOKafkaConsumer(
-        **kafka,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
-    producer: AIOKafkaProducer | None = None
     started = time.monotonic()
-    try:
-        try:
-            await admin.start()
-            await reader.start()
-        except Exception as exc:
-            raise CommandFailed(
-                f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {type(exc).__name__}"
-            ) from None
+    async with admin_and_reader(settings, max_partition_fetch_bytes=4 * 1024 * 1024) as (admin, reader):
         existing = set(await admin.list_topics())
         for topic, flag in ((request.source, "--from"), (request.target, "--to")):
             if topic not in existing:
                 raise CommandFailed(f"{flag} topic {topic} does not exist")
-        described = await admin.describe_topics([request.source])
-        partitions = [TopicPartition(request.source, p["partition"]) for p in described[0]["partitions"]]
+        partitions = await partitions_of(admin, request.source)
         committed = {
             tp: meta.offset
             for tp, meta in (await admin.list_consumer_group_offsets(request.group_id)).items()
@@ -222,6 +204,7 @@ async def replay(request: ReplayRequest, settings: ConsumerSettings) -> ReplayRe
         reader.assign(partitions)
         for tp in partitions:
             reader.seek(tp, start[tp])
+        producer: AIOKafkaProducer | None = None
         if not request.dry_run:
             producer = AIOKafkaProducer(
                 **reliable_producer_kwargs(
@@ -233,16 +216,13 @@ async def replay(request: ReplayRequest, settings: ConsumerSettings) -> ReplayRe
             )
             # InitProducerId with the replay's transactional id aborts an interrupted run's chunk.
             await producer.start()
-        progress = Progress(sum(end[tp] - start[tp] for tp in pending))
-        await _copy(reader, producer, request, report, pending, end, progress)
-        progress.close()
-    except KafkaError as exc:
-        raise CommandFailed(f"Kafka error: {exc!r}") from None
-    finally:
-        if producer is not None:
-            await producer.stop()
-        await reader.stop()
-        await admin.close()
+        try:
+            progress = Progress(sum(end[tp] - start[tp] for tp in pending))
+            await _copy(reader, producer, request, report, pending, end, progress)
+            progress.close()
+        finally:
+            if producer is not None:
+                await producer.stop()
     report.seconds = time.monotonic() - started
     return report
 

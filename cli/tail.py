@@ -20,11 +20,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
-
 from cli.errors import CommandFailed
+from cli.kafka import admin_and_reader, partitions_of
 from consumer.settings import ConsumerSettings
 
 CE_PREFIX = "ce_"
@@ -119,24 +116,11 @@ async def tail(
     idle_exit_ms: int = 1000,
 ) -> int:
     """Print the topic's records; returns how many were printed."""
-    kafka = settings.kafka.aiokafka_kwargs()
-    admin = AIOKafkaAdminClient(**kafka, request_timeout_ms=10_000)
-    reader = AIOKafkaConsumer(
-        **kafka, group_id=None, enable_auto_commit=False, isolation_level="read_committed"
-    )
     printed = 0
-    try:
-        try:
-            await admin.start()
-            await reader.start()
-        except Exception as exc:
-            raise CommandFailed(
-                f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {type(exc).__name__}"
-            ) from None
+    async with admin_and_reader(settings) as (admin, reader):
         if topic not in set(await admin.list_topics()):
             raise CommandFailed(f"topic {topic} does not exist")
-        described = await admin.describe_topics([topic])
-        partitions = [TopicPartition(topic, p["partition"]) for p in described[0]["partitions"]]
+        partitions = await partitions_of(admin, topic)
         reader.assign(partitions)
         earliest = await reader.beginning_offsets(partitions)
         end = await reader.end_offsets(partitions)
@@ -161,11 +145,6 @@ async def tail(
             batches = await reader.getmany(timeout_ms=idle_exit_ms)
             records = sorted((r for batch in batches.values() for r in batch), key=_order)
             printed += _print(records, out, as_json, show_personal_data)
-    except KafkaError as exc:
-        raise CommandFailed(f"Kafka error: {exc!r}") from None
-    finally:
-        await reader.stop()
-        await admin.close()
 
 
 def _print(records: Sequence[Any], out: TextIO, as_json: bool, show_personal_data: bool) -> int:

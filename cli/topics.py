@@ -21,6 +21,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from cli.errors import CommandFailed
+from cli.kafka import REQUEST_TIMEOUT_MS, unreachable
 from consumer.settings import ConsumerSettings
 
 # The raw, dead-letter and unrouted topics carry whole webhook bodies: room for the ingress's
@@ -58,14 +59,12 @@ def project_topics(settings: ConsumerSettings) -> list[str]:
 
 
 async def _admin(settings: ConsumerSettings) -> Any:
-    admin = AIOKafkaAdminClient(**settings.kafka.aiokafka_kwargs(), request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**settings.kafka.aiokafka_kwargs(), request_timeout_ms=REQUEST_TIMEOUT_MS)
     try:
         await admin.start()
     except Exception as exc:
         await admin.close()
-        raise CommandFailed(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {type(exc).__name__}"
-        ) from None
+        raise unreachable(settings, exc) from None
     return admin
 
 
