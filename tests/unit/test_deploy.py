@@ -379,7 +379,8 @@ def test_secrets_come_from_secret_references_to_keys_the_example_secret_document
 def test_every_command_is_an_exam_events_subcommand_the_image_installs() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'^exam-events = "cli\.main:main"$', pyproject, re.MULTILINE)
-    assert re.search(r"^RUN pip install [^\n]*\s\.\s", dockerfile(), re.MULTILINE)
+    # The project itself (`.`, or with extras such as `'.[otlp]'`), which installs the console script.
+    assert re.search(r"^RUN pip install [^\n]*\s'?\.(\[[a-z,]+\])?'?\s", dockerfile(), re.MULTILINE)
     commands = {name: spec["command"] for name, spec in containers()}
 
     assert commands["exam-events-ingress/ingress"] == ["exam-events", "ingress"]
