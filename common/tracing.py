@@ -77,6 +77,11 @@ MESSAGING_BATCH_MESSAGE_COUNT = "messaging.batch.message_count"
 CLOUDEVENTS_EVENT_ID = "cloudevents.event_id"
 CLOUDEVENTS_EVENT_TYPE = "cloudevents.event_type"
 ERROR_TYPE = "error.type"
+# HTTP semantic conventions (the ingress's receive span).
+HTTP_REQUEST_METHOD = "http.request.method"
+HTTP_ROUTE = "http.route"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+URL_PATH = "url.path"
 
 INSTRUMENTATION_SCOPE = "exam-events"
 _EXPORTER_GROUP = "opentelemetry_traces_exporter"  # the entry points the SDK's exporters register

@@ -24,7 +24,9 @@ from typing import Any
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from common import tracing as otel
 from common.readiness import readiness
+from common.tracing import NO_TRACING, Span, SpanKind, Tracing
 from ingress.auth import BASIC_REALM, WEBHOOK_ID, AuthenticationFailed, Authenticator, authenticator_from
 from ingress.metrics import IngressMetrics
 from ingress.openapi import WEBHOOK_RESPONSES, openapi_document
@@ -232,10 +234,12 @@ class WebhookEndpoint:
         producer: RecordProducer,
         authenticator: Authenticator,
         metrics: IngressMetrics,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._producer = producer
         self._authenticator = authenticator
         self._metrics = metrics
+        self._tracing = tracing
         self._topic = settings.raw_topic
         self._topic_json = _json_string(settings.raw_topic)
         self._max_body = settings.max_body_bytes
@@ -251,10 +255,13 @@ class WebhookEndpoint:
         started = time.perf_counter()
         headers: dict[bytes, bytes] = dict(scope["headers"])
         context: dict[str, Any] = {"size": 0, "webhook_id": None, "event_name": None}
+        span = self._receive_span(headers) if self._tracing.enabled else None
         try:
-            answer = await self.handle(headers, receive, context)
+            answer = await self.handle(headers, receive, context, span)
         except ClientDisconnected:
             log.info("webhook_client_disconnected", size=context["size"])
+            if span is not None:
+                _end_receive_span(span, None, context)
             return
         except asyncio.CancelledError:
             # The graceful shutdown ran out: tell the sender to retry rather than leave uvicorn's 500.
@@ -263,13 +270,32 @@ class WebhookEndpoint:
             with contextlib.suppress(Exception):
                 await respond(send, answer.status, answer.body, JSON_TYPE, answer.headers)
             self._count_and_log(answer, context, started)
+            if span is not None:
+                _end_receive_span(span, answer, context)
             raise
         except Exception as exc:
             # A bug of ours: a JSON 500 with our log line, never a 4xx and never a fake 503 outage.
             context["error"] = _where(exc)
             answer = Answer(500, INTERNAL_ERROR, [(b"connection", b"close")], "internal error")
-        await respond(send, answer.status, answer.body, JSON_TYPE, answer.headers)
+        try:
+            await respond(send, answer.status, answer.body, JSON_TYPE, answer.headers)
+        finally:
+            if span is not None:
+                _end_receive_span(span, answer, context)
         self._count_and_log(answer, context, started)
+
+    def _receive_span(self, headers: dict[bytes, bytes]) -> Span:
+        """Tracing on: the request's `receive` span, continuing the sender's `traceparent` if any."""
+        return self._tracing.start_span(
+            "receive",
+            otel.extract(headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                otel.HTTP_REQUEST_METHOD: "POST",
+                otel.HTTP_ROUTE: "/webhooks",
+                otel.URL_PATH: "/webhooks",
+            },
+        )
 
     def _count_and_log(self, answer: Answer, context: dict[str, Any], started: float) -> None:
         self._metrics.count_request(answer.status)
@@ -290,8 +316,18 @@ class WebhookEndpoint:
         assert status in WEBHOOK_RESPONSES, status  # every status we answer is in the OpenAPI document
         return Answer(status, _json({"error": reason}), headers or [], log_reason or reason)
 
-    async def handle(self, headers: dict[bytes, bytes], receive: Receive, context: dict[str, Any]) -> Answer:
-        """The checks, in order: size, authentication, content type, JSON shape; then produce."""
+    async def handle(
+        self,
+        headers: dict[bytes, bytes],
+        receive: Receive,
+        context: dict[str, Any],
+        span: Span | None = None,
+    ) -> Answer:
+        """The checks, in order: size, authentication, content type, JSON shape; then produce.
+
+        With `span` (the request's receive span; tracing on) the produce gets a span of its own, and
+        the record carries its `traceparent`.
+        """
         declared = headers.get(b"content-length")
         # The server already refused a malformed Content-Length (400); the body read enforces the limit.
         if declared is not None and declared.isdigit():
@@ -337,6 +373,9 @@ class WebhookEndpoint:
         if name is not None:
             record_headers.append((HEADER_EVENT_NAME, name.encode()))
 
+        produce_span = self._produce_span(span, len(body)) if span is not None else None
+        if produce_span is not None:
+            record_headers.extend(otel.kafka_headers(produce_span))
         produce_started = time.perf_counter()
         tried = True
         try:
@@ -345,19 +384,29 @@ class WebhookEndpoint:
             # Answered at once, without waiting out the produce timeout: there is no produce to time.
             tried = False
             self._metrics.fast_refusals.inc()
+            _fail(produce_span, exc)
             return self._unavailable(str(exc))
         except ProduceFailed as exc:
+            _fail(produce_span, exc)
             return self._unavailable(str(exc))
         except RecordTooLarge as exc:
             # Refused before it took a sequence number; no retry would store it.
+            _fail(produce_span, exc)
             return self._reject(413, "body too large for the Kafka topic", log_reason=str(exc))
         except Exception as exc:
             # Whatever broke in the producer, Kafka may not have the body: the sender must retry.
             context["error"] = _where(exc)
+            _fail(produce_span, exc)
             return self._unavailable(f"produce failed: {type(exc).__name__}")
+        else:
+            if produce_span is not None:
+                produce_span.set_attribute(otel.MESSAGING_DESTINATION_PARTITION_ID, str(delivery.partition))
+                produce_span.set_attribute(otel.MESSAGING_KAFKA_OFFSET, delivery.offset)
         finally:
             if tried:
                 self._metrics.produce_seconds.observe(time.perf_counter() - produce_started)
+            if produce_span is not None:
+                produce_span.end()  # on every path, a cancelled produce too
         self._metrics.produced_bytes.inc(len(body))
         # What `_json({"webhookId": ..., "topic": ..., "partition": ..., "offset": ...})` writes, cheaper.
         accepted = b'{"webhookId":%s,"topic":%s,"partition":%d,"offset":%d}' % (
@@ -369,6 +418,20 @@ class WebhookEndpoint:
         # A signed id is replaced only when it is no sane token: say so, the sender's id is lost.
         note = "webhook-id replaced" if given_id is not None and ident.encode() != given_id else None
         return Answer(202, accepted, [], note)
+
+    def _produce_span(self, parent: Span, size: int) -> Span:
+        return self._tracing.start_span(
+            "produce",
+            parent,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                otel.MESSAGING_SYSTEM: "kafka",
+                otel.MESSAGING_OPERATION_TYPE: "send",
+                otel.MESSAGING_OPERATION_NAME: "produce",
+                otel.MESSAGING_DESTINATION_NAME: self._topic,
+                otel.MESSAGING_MESSAGE_BODY_SIZE: size,
+            },
+        )
 
     def _too_large(self) -> Answer:
         # Closing the connection spares us reading (and the client sending) the rest of the body.
@@ -394,6 +457,31 @@ class WebhookEndpoint:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _fail(span: Span | None, error: BaseException) -> None:
+    """Mark a produce span failed, with the error's type (never its message)."""
+    if span is not None:
+        otel.record_error(span, error)
+
+
+def _end_receive_span(span: Span, answer: Answer | None, context: dict[str, Any]) -> None:
+    """End the request's span with what came of it: the status, the webhook's id and event name.
+
+    No answer: the client went away. A 5xx is an error (HTTP semantic conventions: `error.type` is
+    the status code); a 4xx is the client's, not the server's.
+    """
+    if context["webhook_id"] is not None:
+        span.set_attribute(otel.MESSAGING_MESSAGE_ID, context["webhook_id"])
+    if context["event_name"] is not None:
+        span.set_attribute("exam_events.event_name", context["event_name"])
+    if answer is None:
+        otel.record_error(span, "ClientDisconnected")
+    else:
+        span.set_attribute(otel.HTTP_RESPONSE_STATUS_CODE, answer.status)
+        if answer.status >= 500:
+            otel.record_error(span, str(answer.status))
+    span.end()
 
 
 async def _not_found(send: Send) -> None:
@@ -443,10 +531,11 @@ class IngressApp:
         producer: RecordProducer,
         authenticator: Authenticator,
         metrics: IngressMetrics,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.metrics = metrics
         self.admin = AdminApp(producer, metrics)
-        self._webhooks = WebhookEndpoint(settings, producer, authenticator, metrics)
+        self._webhooks = WebhookEndpoint(settings, producer, authenticator, metrics, tracing)
         self._openapi = json.dumps(openapi_document(), indent=2).encode()
         self._pages: dict[str, Page] = {"/openapi.json": self._openapi_page}
 
@@ -511,12 +600,14 @@ def create_app(
     producer: RecordProducer,
     authenticator: Authenticator | None = None,
     metrics: IngressMetrics | None = None,
+    tracing: Tracing = NO_TRACING,
 ) -> IngressApp:
     """Build the public app (and its `admin` app); nothing connects here: the producer is built and
-    started by the caller."""
+    started by the caller. `tracing` is off unless given (the composition root configures it)."""
     return IngressApp(
         settings,
         producer,
         authenticator or authenticator_from(settings),
         metrics or IngressMetrics(),
+        tracing,
     )

@@ -14,13 +14,15 @@ import asyncio
 import contextlib
 import math
 import signal
+import sys
 from collections.abc import Iterator
 
 import structlog
 import uvicorn
 
 from common.logging import configure_logging
-from common.settings import load_settings
+from common.settings import EXIT_INVALID_SETTINGS, InvalidSettings, load_settings
+from common.tracing import NO_TRACING, Tracing, configure_tracing
 from ingress.app import AdminApp, IngressApp, create_app
 from ingress.producer import KafkaRecordProducer
 from ingress.settings import IngressSettings
@@ -173,8 +175,9 @@ async def run_server(app: IngressApp, settings: IngressSettings) -> None:
             loop.remove_signal_handler(sig)
 
 
-async def serve(settings: IngressSettings) -> None:
-    """Start the producer, serve until told to stop, then flush and close the producer."""
+async def serve(settings: IngressSettings, tracing: Tracing = NO_TRACING) -> None:
+    """Start the producer, serve until told to stop, then flush and close the producer (and export
+    the spans still pending)."""
     if settings.unauthenticated:
         log.warning(
             "authentication_disabled", hint="INGRESS_ALLOW_UNAUTHENTICATED=true: local development only"
@@ -189,13 +192,15 @@ async def serve(settings: IngressSettings) -> None:
         basic_auth=settings.basic_auth_configured,
         signing_secret_count=len(settings.signing_secrets),
         kafka=settings.kafka.bootstrap_servers,
+        tracing=tracing.enabled,
     )
     producer = build_producer(settings)
     await producer.start()
     try:
-        await run_server(create_app(settings, producer=producer), settings)
+        await run_server(create_app(settings, producer=producer, tracing=tracing), settings)
     finally:
         await producer.stop()
+        tracing.shutdown()
         log.info("ingress_stopped")
 
 
@@ -204,9 +209,14 @@ def main() -> None:
     import uvloop
 
     settings = load_settings(IngressSettings, "ingress")
+    try:
+        tracing = configure_tracing("exam-events-ingress")
+    except InvalidSettings as exc:
+        print(f"ingress: invalid settings: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID_SETTINGS) from None
     configure_logging("ingress", settings.log_level)
     try:
-        uvloop.run(serve(settings))
+        uvloop.run(serve(settings, tracing))
     except ServerFailed as exc:
         log.error("ingress_failed", reason=str(exc))
         raise SystemExit(1) from None

@@ -17,6 +17,7 @@ from tests.support.broker import (
     local_broker,
 )
 from tests.support.kafka_io import create_topics
+from tests.support.tracing import MemoryTracing
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_BODY = ROOT / "tests" / "data" / "exam-results-released.json"
@@ -93,3 +94,11 @@ def new_group_id(unique_name: Callable[[str], str]) -> Callable[[], str]:
 def sample_body() -> bytes:
     """A realistic Exam Results Released body, byte for byte as the platform sends it."""
     return FIXTURE_BODY.read_bytes()
+
+
+@pytest.fixture
+def memory_tracing() -> Iterator[MemoryTracing]:
+    """Tracing on, every ended span kept in memory (the SDK's in-memory exporter)."""
+    tracing = MemoryTracing()
+    yield tracing
+    tracing.shutdown()

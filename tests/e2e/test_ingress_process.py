@@ -77,8 +77,12 @@ async def test_the_ingress_process_stores_posts_and_exits_0_on_sigterm(
             {"INGRESS_ALLOW_UNAUTHENTICATED": "true", "INGRESS_ADMIN_PORT": "1"},
             "ingress: invalid settings: INGRESS_ADMIN_PORT must differ from INGRESS_PORT (both 1)",
         ),
+        (
+            {"INGRESS_ALLOW_UNAUTHENTICATED": "true", "OTEL_TRACES_EXPORTER": "nonesuch"},
+            "ingress: invalid settings: OTEL_TRACES_EXPORTER: unknown exporter 'nonesuch'",
+        ),
     ],
-    ids=["without authentication", "admin port equal to the public port"],
+    ids=["without authentication", "admin port equal to the public port", "unknown trace exporter"],
 )
 def test_the_ingress_refuses_to_start_with_invalid_settings_in_one_line_and_exit_2(
     kafka_bootstrap: str, settings: dict[str, str], line: str
@@ -95,6 +99,35 @@ def test_the_ingress_refuses_to_start_with_invalid_settings_in_one_line_and_exit
     assert finished.returncode == 2
     assert finished.stderr.startswith(line)
     assert finished.stderr.count("\n") == 1
+
+
+async def test_with_a_trace_exporter_configured_the_process_continues_the_senders_trace(
+    kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]], sample_body: bytes, tmp_path: Path
+) -> None:
+    topic = await new_topic("raw-traced")
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    settings = {**CREDENTIALS, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "ingress-under-test"}
+    with ingress_process(kafka_bootstrap, topic, tmp_path / "ingress.log", **settings) as ingress:
+        async with httpx.AsyncClient(base_url=ingress.url, timeout=30) as client:
+            response = await client.post(
+                "/webhooks",
+                content=sample_body,
+                headers={**JSON, **basic_auth(), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+            )
+        ingress.process.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.to_thread(ingress.process.wait, 60)
+
+    assert response.status_code == 202
+    assert exit_code == 0
+    (record,) = await read_records(kafka_bootstrap, topic, count=1)
+    assert record.headers["traceparent"].startswith(f"00-{trace}-".encode())
+    # The SDK's console exporter printed both spans at shutdown, in the sender's trace.
+    log = ingress.log()
+    assert '"name": "receive"' in log
+    assert '"name": "produce"' in log
+    assert f'"trace_id": "0x{trace}"' in log
+    assert '"service.name": "ingress-under-test"' in log
+    assert "Amara Okafor" not in log
 
 
 async def test_a_client_sending_2_mib_before_reading_gets_the_processs_413_every_time(

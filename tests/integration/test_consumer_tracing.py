@@ -5,7 +5,7 @@ Spans go to an in-memory exporter (no collector); outputs are read with read_com
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -21,8 +21,8 @@ from tests.support.consumer_harness import (
     wait_until,
 )
 from tests.support.kafka_io import produce, read_records
+from tests.support.tracing import MemoryTracing
 from tests.support.webhooks import encode, results_released
-from tests.unit.test_tracing import MemoryTracing
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 INBOUND_PARENT = "b7ad6b7169203331"
@@ -35,13 +35,6 @@ INBOUND = [
 @pytest.fixture
 async def topics(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> ConsumerTopics:
     return await make_consumer_topics(kafka_bootstrap, unique_name)
-
-
-@pytest.fixture
-def memory_tracing() -> Iterator[MemoryTracing]:
-    tracing = MemoryTracing()
-    yield tracing
-    tracing.shutdown()
 
 
 @pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])

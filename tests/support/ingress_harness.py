@@ -13,6 +13,7 @@ import httpx
 from pydantic import SecretStr
 
 from common.kafka import KafkaConnectionSettings
+from common.tracing import NO_TRACING, Tracing
 from ingress.app import AdminApp, IngressApp, create_app
 from ingress.auth import sign
 from ingress.bootstrap import build_producer
@@ -124,7 +125,9 @@ class RunningIngress(NamedTuple):
 
 
 @asynccontextmanager
-async def running_ingress(bootstrap: str, topic: str, **overrides: Any) -> AsyncIterator[RunningIngress]:
+async def running_ingress(
+    bootstrap: str, topic: str, *, tracing: Tracing = NO_TRACING, **overrides: Any
+) -> AsyncIterator[RunningIngress]:
     """The app with a started Kafka producer against a real broker, and clients of both its ports."""
     settings = ingress_settings(
         raw_topic=topic, kafka=KafkaConnectionSettings(bootstrap_servers=bootstrap), **overrides
@@ -132,7 +135,7 @@ async def running_ingress(bootstrap: str, topic: str, **overrides: Any) -> Async
     producer = build_producer(settings)
     await producer.start()
     try:
-        app = create_app(settings, producer=producer)
+        app = create_app(settings, producer=producer, tracing=tracing)
         async with client_for(app) as client, client_for(app.admin) as admin:
             yield RunningIngress(client, admin, producer)
     finally:

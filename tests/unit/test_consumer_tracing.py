@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from common.tracing import (
@@ -23,21 +20,14 @@ from consumer.metrics import ConsumerMetrics
 from consumer.plan import BatchPlan, BatchTrace, plan_batch
 from consumer.settings import ConsumerSettings
 from handlers import RulesSettings, build_routing_table
+from tests.support.tracing import PARENT_ID, TRACE_ID, TRACEPARENT_VALUE, MemoryTracing, span_id, trace_id
 from tests.support.webhooks import encode, results_released
 from tests.unit.test_consumer_batch import RecordingCommit, ScriptedSender, processor
 from tests.unit.test_consumer_plan import FakeRecord
-from tests.unit.test_tracing import PARENT_ID, TRACE_ID, TRACEPARENT_VALUE, MemoryTracing
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ConsumerSettings(rules=RulesSettings())
 INBOUND = ((TRACEPARENT, TRACEPARENT_VALUE.encode()), (TRACESTATE, b"congo=t61rcWkgMzE"))
-
-
-@pytest.fixture
-def memory_tracing() -> Iterator[MemoryTracing]:
-    tracing = MemoryTracing()
-    yield tracing
-    tracing.shutdown()
 
 
 def traced_plan(tracing: Tracing, *records: FakeRecord) -> BatchPlan:
@@ -50,14 +40,6 @@ def traced_plan(tracing: Tracing, *records: FakeRecord) -> BatchPlan:
         tracing=tracing,
         group_id="exam-events",
     )
-
-
-def trace_id(span: ReadableSpan) -> str:
-    return f"{span.context.trace_id:032x}"
-
-
-def span_id(span: ReadableSpan) -> str:
-    return f"{span.context.span_id:016x}"
 
 
 def test_derived_events_carry_the_raw_records_trace_in_traceparent_and_ce_traceparent(

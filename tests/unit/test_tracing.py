@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from common.settings import InvalidSettings
@@ -26,32 +22,7 @@ from common.tracing import (
     kafka_headers,
     record_error,
 )
-
-# The W3C specification's own example.
-TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-PARENT_ID = "00f067aa0ba902b7"
-TRACEPARENT_VALUE = f"00-{TRACE_ID}-{PARENT_ID}-01"
-
-
-class MemoryTracing(Tracing):
-    """Tracing that records into memory: `exporter.get_finished_spans()` holds every ended span."""
-
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        provider = TracerProvider(shutdown_on_exit=False)
-        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        super().__init__(provider.get_tracer("tests"), provider)
-
-    def spans(self, name: str | None = None) -> list[ReadableSpan]:
-        """Ended spans, in the order they ended; only those called `name` when given."""
-        return [span for span in self.exporter.get_finished_spans() if name is None or span.name == name]
-
-
-@pytest.fixture
-def memory_tracing() -> Iterator[MemoryTracing]:
-    tracing = MemoryTracing()
-    yield tracing
-    tracing.shutdown()
+from tests.support.tracing import PARENT_ID, TRACE_ID, TRACEPARENT_VALUE, MemoryTracing
 
 
 @pytest.fixture
