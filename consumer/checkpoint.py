@@ -595,6 +595,15 @@ def record_outcomes(plan: BatchPlan, metrics: ConsumerMetrics) -> None:
             "offset": outcome.source.offset,
             "event_name": outcome.event_name,
         }
+        if outcome.conflicting_event_name is not None:
+            metrics.event_name_conflicts.inc()
+            log.warning(
+                "event_name_conflict",
+                hint="meta.eventName differs from the subscription URL's event name; routed by "
+                "meta.eventName (check the platform's subscription)",
+                header_event_name=outcome.conflicting_event_name,
+                **coordinates,
+            )
         if outcome.kind == "emitted":
             log.debug("events_emitted", ce_ids=list(outcome.ce_ids), **coordinates)
         elif outcome.kind == "duplicate":

@@ -18,6 +18,7 @@ class ConsumerMetrics:
     emitted: Counter
     dead_lettered: Counter
     unrouted: Counter
+    event_name_conflicts: Counter
     revoked: Counter
     handler_seconds: Histogram
     batch_seconds: Histogram
@@ -70,6 +71,12 @@ class ConsumerMetrics:
             unrouted=Counter(
                 f"{PREFIX}_records_unrouted",
                 "Raw records sent to the unrouted topic (unknown or missing meta.eventName).",
+                registry=registry,
+            ),
+            event_name_conflicts=Counter(
+                f"{PREFIX}_event_name_conflicts",
+                "Raw records whose meta.eventName differs from their event-name header (the "
+                "subscription URL's event name); routed by meta.eventName.",
                 registry=registry,
             ),
             revoked=Counter(

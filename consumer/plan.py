@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Container, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from opentelemetry.trace import Link, Span, SpanContext
@@ -24,6 +24,10 @@ from consumer.dedup import id_bytes
 from handlers import Handled, Invalid, RoutingTable, SourceRecord, Unrouted, route_webhook
 
 Headers = tuple[tuple[str, bytes], ...]
+
+# Set by the ingress (`ingress.app.HEADER_EVENT_NAME`): the path's event name of
+# `POST /webhooks/{eventName}`, else the body's meta.eventName. Routes bodies that lack meta.eventName.
+EVENT_NAME_HEADER = "event-name"
 
 # Headers the consumer adds to a dead-lettered record: why it was rejected and where it came from.
 DLQ_ERROR_TYPE = "dlq-error-type"
@@ -94,6 +98,8 @@ class RecordOutcome:
     event_name: str | None
     detail: str | None = None  # error type or unrouted reason
     ce_ids: tuple[str, ...] = ()
+    # The record's event-name header when it named another event than meta.eventName (which won).
+    conflicting_event_name: str | None = None
 
 
 @dataclass(slots=True)
@@ -145,9 +151,10 @@ def plan_batch(
         if trace.on:
             record_trace, derive = trace.consume(record)
             first = len(plan.outgoing)
+        subscribed = _subscribed_event_name(record.headers)
         started = time.perf_counter()
         try:
-            result = route_webhook(record.value or b"", source, table)
+            result = route_webhook(record.value or b"", source, table, subscribed)
             if isinstance(result, Handled):
                 events = [
                     OutgoingRecord(
@@ -200,11 +207,24 @@ def plan_batch(
             plan.outgoing.append(_dead_lettered(record, result, dlq_topic))
             plan.dead_lettered[result.error_type] += 1
             outcome = RecordOutcome(source, "dead_lettered", result.event_name, result.error_type)
+        if subscribed is not None and outcome.event_name not in (None, subscribed):
+            outcome = replace(outcome, conflicting_event_name=subscribed)
         plan.outcomes.append(outcome)
         if record_trace is not None:
             trace.outcome(record_trace, outcome, len(plan.outgoing) - first)
         plan.next_offsets[(record.topic, record.partition)] = record.offset + 1
     return plan
+
+
+def _subscribed_event_name(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """The record's `event-name` header, when it has a usable one."""
+    for name, value in headers:
+        if name == EVENT_NAME_HEADER:
+            try:
+                return value.decode() or None
+            except UnicodeDecodeError:  # not the ingress's; routing by it would be a guess
+                return None
+    return None
 
 
 def _dead_lettered(record: RawRecord, why: Invalid, topic: str) -> OutgoingRecord:

@@ -1,4 +1,5 @@
-"""Decode a raw webhook body and send it to the handler registered for its `meta.eventName`.
+"""Decode a raw webhook body and send it to the handler registered for its `meta.eventName` (or,
+for a body without one, the event name of the subscription URL it was posted to).
 
 The routing table itself is built in `handlers/__init__.py` (`build_routing_table`): one dict from
 event name to handler, visible in one place.
@@ -72,8 +73,14 @@ class Invalid:
 RoutingResult = Handled | Unrouted | Invalid
 
 
-def route_webhook(raw: bytes, source: SourceRecord, table: RoutingTable) -> RoutingResult:
-    """Decode `raw`, find its handler by `meta.eventName`, and run it. Never raises for bad input."""
+def route_webhook(
+    raw: bytes, source: SourceRecord, table: RoutingTable, subscribed_name: str | None = None
+) -> RoutingResult:
+    """Decode `raw`, find its handler by `meta.eventName`, else by `subscribed_name` (the record's
+    `event-name` header from `POST /webhooks/{eventName}`), and run it. Never raises for bad input.
+
+    The body wins when both name an event: it is the platform's own word, the path is our configuration.
+    """
     try:
         # One parse, then validation of the parsed value: pydantic-core's parser is faster than json's.
         body = from_json(raw)
@@ -81,11 +88,15 @@ def route_webhook(raw: bytes, source: SourceRecord, table: RoutingTable) -> Rout
         return Invalid(None, "InvalidJson", f"body is not JSON: {exc}"[:500])
     meta = body.get("meta") if isinstance(body, dict) else None
     event_name = meta.get("eventName") if isinstance(meta, dict) else None
-    if not isinstance(event_name, str) or not event_name:
-        return Unrouted(None, "body has no meta.eventName")
+    if isinstance(event_name, str) and event_name:
+        named_by = "meta.eventName"
+    elif subscribed_name:
+        event_name, named_by = subscribed_name, "event-name header"
+    else:
+        return Unrouted(None, "body has no meta.eventName and the record no event-name header")
     route = table.get(event_name)
     if route is None:
-        return Unrouted(event_name, f"no handler for meta.eventName {event_name!r}")
+        return Unrouted(event_name, f"no handler for {named_by} {event_name!r}")
     try:
         webhook = route.model.model_validate(body)
     except ValidationError as exc:

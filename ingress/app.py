@@ -1,7 +1,7 @@
 """The ingress as two plain ASGI apps: authenticate, bound, check shape, produce, and only then say 202.
 
-- `IngressApp`, on the public port (it faces the internet): `POST /webhooks` and
-  `GET /openapi.json`; anything else is 404.
+- `IngressApp`, on the public port (it faces the internet): `POST /webhooks`,
+  `POST /webhooks/{eventName}` and `GET /openapi.json`; anything else is 404.
 - `AdminApp` (`IngressApp.admin`), on the admin port: `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
 Raw ASGI rather than a framework: the hot path is a handful of dict lookups, one JSON parse and
@@ -49,6 +49,10 @@ JSON_TYPE = b"application/json"
 MAX_WEBHOOK_ID_BYTES = 256
 # Longer values are junk: they would bloat every log line and record header (and the record).
 MAX_EVENT_NAME_CHARS = 128
+WEBHOOKS_PATH = "/webhooks"
+# `POST /webhooks/{eventName}`: one subscription URL per event, for bodies without meta.eventName.
+EVENT_PATH_PREFIX = "/webhooks/"
+EVENT_PATH_ROUTE = "/webhooks/{eventName}"
 MAX_CONTENT_TYPE_BYTES = 256
 MAX_CONTENT_LENGTH_DIGITS = 18  # more is over any limit (and int() of 5000 digits would raise)
 INTERNAL_ERROR = b'{"error":"internal error"}'
@@ -146,6 +150,18 @@ def event_name(document: dict[str, Any]) -> str | None:
     return None
 
 
+def valid_path_event_name(name: str) -> bool:
+    """True for the `{eventName}` of `POST /webhooks/{eventName}` as ASGI gives it (percent-decoded):
+    1 to 128 printable characters, no space and no slash (so `%2F` is refused too), UTF-8 encodable."""
+    return (
+        0 < len(name) <= MAX_EVENT_NAME_CHARS
+        and name.isprintable()
+        and " " not in name
+        and "/" not in name
+        and _utf8(name) is not None
+    )
+
+
 def random_uuid() -> str:
     """A random (version 4) UUID in its canonical text form; `str(uuid.uuid4())` at half the cost."""
     raw = bytearray(os.urandom(16))
@@ -226,7 +242,8 @@ async def respond(
 
 
 class WebhookEndpoint:
-    """`POST /webhooks`: every check in order, then the produce, then the answer."""
+    """`POST /webhooks` and `POST /webhooks/{eventName}`: every check in order, then the produce,
+    then the answer."""
 
     def __init__(
         self,
@@ -255,9 +272,12 @@ class WebhookEndpoint:
         started = time.perf_counter()
         headers: dict[bytes, bytes] = dict(scope["headers"])
         context: dict[str, Any] = {"size": 0, "webhook_id": None, "event_name": None}
-        span = self._receive_span(headers) if self._tracing.enabled else None
+        path: str = scope["path"]
+        # None for `POST /webhooks`; the path's event name (still to be checked) otherwise.
+        subscribed = path[len(EVENT_PATH_PREFIX) :] if path.startswith(EVENT_PATH_PREFIX) else None
+        span = self._receive_span(headers, path, subscribed is not None) if self._tracing.enabled else None
         try:
-            answer = await self.handle(headers, receive, context, span)
+            answer = await self.handle(headers, receive, context, span, subscribed)
         except ClientDisconnected:
             log.info("webhook_client_disconnected", size=context["size"])
             if span is not None:
@@ -284,7 +304,7 @@ class WebhookEndpoint:
                 _end_receive_span(span, answer, context)
         self._count_and_log(answer, context, started)
 
-    def _receive_span(self, headers: dict[bytes, bytes]) -> Span:
+    def _receive_span(self, headers: dict[bytes, bytes], path: str, with_event_name: bool) -> Span:
         """Tracing on: the request's `receive` span, continuing the sender's `traceparent` if any."""
         return self._tracing.start_span(
             "receive",
@@ -292,8 +312,8 @@ class WebhookEndpoint:
             kind=SpanKind.SERVER,
             attributes={
                 otel.HTTP_REQUEST_METHOD: "POST",
-                otel.HTTP_ROUTE: "/webhooks",
-                otel.URL_PATH: "/webhooks",
+                otel.HTTP_ROUTE: EVENT_PATH_ROUTE if with_event_name else WEBHOOKS_PATH,
+                otel.URL_PATH: path,
             },
         )
 
@@ -322,11 +342,15 @@ class WebhookEndpoint:
         receive: Receive,
         context: dict[str, Any],
         span: Span | None = None,
+        subscribed: str | None = None,
     ) -> Answer:
-        """The checks, in order: size, authentication, content type, JSON shape; then produce.
+        """The checks, in order: size, authentication, content type, JSON shape, the path's event
+        name; then produce.
 
-        With `span` (the request's receive span; tracing on) the produce gets a span of its own, and
-        the record carries its `traceparent`.
+        `subscribed` is the `{eventName}` of `POST /webhooks/{eventName}`: it becomes the record's
+        `event-name` header, whatever the body's `meta.eventName` says (the consumer decides, see
+        docs/ingress.md). With `span` (the request's receive span; tracing on) the produce gets a
+        span of its own, and the record carries its `traceparent`.
         """
         declared = headers.get(b"content-length")
         # The server already refused a malformed Content-Length (400); the body read enforces the limit.
@@ -358,10 +382,18 @@ class WebhookEndpoint:
             document = parse_object(body)
         except InvalidBody as exc:
             return self._reject(400, str(exc))
+        if subscribed is not None and not valid_path_event_name(subscribed):
+            # Checked after authentication: an unauthenticated caller learns nothing about our rules.
+            return self._reject(
+                400,
+                f"the event name in the path must be 1 to {MAX_EVENT_NAME_CHARS} printable characters "
+                "without spaces or slashes",
+            )
 
         given_id = headers.get(WEBHOOK_ID)
         ident = webhook_id(given_id)
-        name = event_name(document)
+        body_name = event_name(document)
+        name = subscribed if subscribed is not None else body_name
         context["webhook_id"], context["event_name"] = ident, name
         # Everything of ours is computed before the produce: a bug here is a 500, not a Kafka outage.
         key = record_key(document)
@@ -417,6 +449,8 @@ class WebhookEndpoint:
         )
         # A signed id is replaced only when it is no sane token: say so, the sender's id is lost.
         note = "webhook-id replaced" if given_id is not None and ident.encode() != given_id else None
+        if note is None and body_name is not None and name != body_name:
+            note = "the path's event name differs from meta.eventName"  # the consumer counts it too
         return Answer(202, accepted, [], note)
 
     def _produce_span(self, parent: Span, size: int) -> Span:
@@ -542,7 +576,8 @@ class IngressApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
         if scope["type"] == "http":
-            if scope["path"] != "/webhooks":
+            path = scope["path"]
+            if path != WEBHOOKS_PATH and not path.startswith(EVENT_PATH_PREFIX):
                 await _serve_page(self._pages, scope, send)
             elif scope["method"] == "POST":
                 await self._webhooks(scope, receive, send)

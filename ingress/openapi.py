@@ -1,6 +1,7 @@
 """The OpenAPI description of the ingress's public port, built from the same constants the app answers with.
 
-Only what the public port serves is described: `POST /webhooks` and `GET /openapi.json`. The admin
+Only what the public port serves is described: `POST /webhooks`, `POST /webhooks/{eventName}` and
+`GET /openapi.json`. The admin
 port's /healthz, /readyz and /metrics are operators', not senders' (docs/ingress.md).
 
 `python -m ingress.openapi > docs/ingress-openapi.json` regenerates the committed copy; a unit test
@@ -12,10 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# Every status `POST /webhooks` can answer, with what it means for the sender.
+# Every status `POST /webhooks` and `POST /webhooks/{eventName}` can answer, and what it means to the sender.
 WEBHOOK_RESPONSES: dict[int, str] = {
     202: "Kafka acknowledged the body (acks=all); it is stored on the raw topic.",
-    400: "The body is not UTF-8 JSON, not a JSON object, or has an integer too long to read. "
+    400: "The body is not UTF-8 JSON, not a JSON object, or has an integer too long to read; or the "
+    "{eventName} of POST /webhooks/{eventName} is empty, longer than 128 characters, or has a space, a "
+    "slash (%2F too) or a control character. "
     "(A request the HTTP parser cannot read, e.g. an invalid Content-Length, gets uvicorn's 400 in "
     "text/plain, and the connection is closed.)",
     401: "Neither HTTP Basic credentials nor a Standard Webhooks signature admitted the request.",
@@ -99,6 +102,25 @@ def openapi_document() -> dict[str, Any]:
             "schema": {"type": "string"},
         },
     ]
+    webhook_operation = {
+        "security": [{"basicAuth": []}, {"standardWebhooks": []}],
+        "requestBody": {
+            "required": True,
+            "description": "Any JSON object; its shape is checked later by the consumer.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        "responses": responses,
+    }
+    event_name_parameter = {
+        "name": "eventName",
+        "in": "path",
+        "required": True,
+        "description": "The event this subscription URL is for (e.g. user.registeredForExam), for senders "
+        "whose bodies lack meta.eventName. It becomes the record's event-name header; the consumer "
+        "routes by meta.eventName when the body has one (and counts a disagreement), else by this. "
+        "Any well-formed name is accepted: an event no handler answers to goes to the unrouted topic.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^\\x00-\\x20\\x7f/]+$"},
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -112,15 +134,17 @@ def openapi_document() -> dict[str, Any]:
             "/webhooks": {
                 "post": {
                     "operationId": "receiveWebhook",
-                    "summary": "Receive one webhook",
-                    "security": [{"basicAuth": []}, {"standardWebhooks": []}],
+                    "summary": "Receive one webhook (its event name, if any, is meta.eventName)",
                     "parameters": signature_headers,
-                    "requestBody": {
-                        "required": True,
-                        "description": "Any JSON object; its shape is checked later by the consumer.",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    },
-                    "responses": responses,
+                    **webhook_operation,
+                }
+            },
+            "/webhooks/{eventName}": {
+                "post": {
+                    "operationId": "receiveWebhookForEvent",
+                    "summary": "Receive one webhook of the event named in the path",
+                    "parameters": [event_name_parameter, *signature_headers],
+                    **webhook_operation,
                 }
             },
             "/openapi.json": {

@@ -14,9 +14,9 @@ from aiokafka.errors import CommitFailedError, KafkaTimeoutError
 from structlog.testing import LogCapture
 
 from consumer import checkpoint as batch_module
-from consumer.checkpoint import BatchProcessor, backoff_delay
+from consumer.checkpoint import BatchProcessor, backoff_delay, record_outcomes
 from consumer.metrics import ConsumerMetrics
-from consumer.plan import OutgoingRecord
+from consumer.plan import OutgoingRecord, plan_batch
 from consumer.sender import PublishError, publish_all
 from consumer.settings import ConsumerSettings
 from handlers import RulesSettings, build_routing_table
@@ -299,3 +299,25 @@ def test_the_offset_guard_reports_a_batch_that_starts_past_unhandled_records() -
 
     tp = TopicPartition("exam.webhooks.raw", 0)
     assert asyncio.run(scenario()) == [{}, {}, {tp: 12}, {}, {tp: 10}]
+
+
+def test_an_event_name_conflict_is_counted_and_logged_with_both_names(
+    metrics: ConsumerMetrics, monkeypatch: pytest.MonkeyPatch, sample_body: bytes
+) -> None:
+    capture = LogCapture()
+    monkeypatch.setattr(batch_module, "log", structlog.wrap_logger(None, processors=[capture]))
+    plan = plan_batch(
+        [FakeRecord(sample_body, offset=3, headers=(("event-name", b"exam.completed"),))],
+        build_routing_table(RulesSettings()),
+        ConsumerSettings(rules=RulesSettings()).derived_topics,
+        dlq_topic="dlq",
+        unrouted_topic="unrouted",
+    )
+
+    record_outcomes(plan, metrics)
+
+    assert sample(metrics, "exam_events_consumer_event_name_conflicts_total") == 1
+    (conflict,) = [entry for entry in capture.entries if entry["event"] == "event_name_conflict"]
+    assert conflict["event_name"] == "exam.resultsReleased"
+    assert conflict["header_event_name"] == "exam.completed"
+    assert conflict["offset"] == 3

@@ -191,3 +191,56 @@ def test_the_same_webhook_twice_gives_identical_records(
     again = plan(settings, FakeRecord(sample_body, offset=1)).outgoing
 
     assert first == again
+
+
+def _without_event_name(body: dict[str, Any]) -> bytes:
+    del body["meta"]["eventName"]
+    return encode(body)
+
+
+def test_a_body_without_meta_event_name_is_routed_by_its_event_name_header(
+    settings: ConsumerSettings,
+) -> None:
+    # Exam Results Released requires meta.eventName: routed by the header, it fails validation.
+    record = FakeRecord(
+        _without_event_name(results_released()), headers=(("event-name", b"exam.resultsReleased"),)
+    )
+
+    result = plan(settings, record)
+
+    assert [r.topic for r in result.outgoing] == [settings.dlq_topic]
+    assert result.outcomes[0].event_name == "exam.resultsReleased"
+    assert result.outcomes[0].conflicting_event_name is None
+
+
+def test_when_the_header_and_meta_event_name_disagree_the_body_wins_and_the_conflict_is_noted(
+    settings: ConsumerSettings, sample_body: bytes
+) -> None:
+    result = plan(settings, FakeRecord(sample_body, headers=(("event-name", b"exam.completed"),)))
+
+    assert [r.topic for r in result.outgoing] == ["exam.results.passed"]
+    (outcome,) = result.outcomes
+    assert outcome.event_name == "exam.resultsReleased"
+    assert outcome.conflicting_event_name == "exam.completed"
+
+
+def test_a_header_that_agrees_with_meta_event_name_is_no_conflict(
+    settings: ConsumerSettings, sample_body: bytes
+) -> None:
+    result = plan(settings, FakeRecord(sample_body, headers=(("event-name", b"exam.resultsReleased"),)))
+
+    assert result.outcomes[0].conflicting_event_name is None
+
+
+def test_a_header_that_is_not_utf8_is_ignored(settings: ConsumerSettings) -> None:
+    result = plan(
+        settings, FakeRecord(_without_event_name(results_released()), headers=(("event-name", b"\xff"),))
+    )
+
+    assert [r.topic for r in result.outgoing] == [settings.unrouted_topic]
+
+
+def test_the_consumer_reads_the_event_name_header_the_ingress_writes() -> None:
+    from ingress.app import HEADER_EVENT_NAME
+
+    assert plan_module.EVENT_NAME_HEADER == HEADER_EVENT_NAME

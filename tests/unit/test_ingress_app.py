@@ -436,7 +436,9 @@ async def test_two_apps_in_one_process_keep_separate_metrics(producer: Recording
     ("method", "path", "status"),
     [
         ("GET", "/webhooks", 405),
+        ("GET", "/webhooks/user.registeredForExam", 405),
         ("POST", "/openapi.json", 405),
+        ("POST", "/webhooksx", 404),
         ("GET", "/nope", 404),
         ("GET", "/healthz", 404),
         ("GET", "/readyz", 404),
@@ -469,7 +471,9 @@ async def test_the_openapi_document_is_served(client: httpx.AsyncClient) -> None
 
     documented = {str(s) for s in [*WEBHOOK_RESPONSES, *SERVER_RESPONSES]}
     assert set(document["paths"]["/webhooks"]["post"]["responses"]) == documented
-    assert set(document["paths"]) == {"/webhooks", "/openapi.json"}  # what the public app serves
+    assert set(document["paths"]["/webhooks/{eventName}"]["post"]["responses"]) == documented
+    # What the public app serves.
+    assert set(document["paths"]) == {"/webhooks", "/webhooks/{eventName}", "/openapi.json"}
 
 
 @pytest.mark.parametrize("now", [0.0, 1_781_429_412.4815, 1_781_429_412.999_9, 1_781_429_413.0005])
@@ -642,3 +646,69 @@ async def test_a_signed_webhook_id_that_is_replaced_is_logged_as_replaced(
     assert response.json()["webhookId"] != given
     [line] = [entry for entry in logs if entry["event"] == "webhook"]
     assert line["reason"] == "webhook-id replaced"
+
+
+async def post_for_event(client: httpx.AsyncClient, name: str, body: bytes) -> httpx.Response:
+    return await client.post(f"/webhooks/{name}", content=body, headers={**JSON, **basic_auth()})
+
+
+async def test_the_path_event_name_becomes_the_event_name_header_of_a_body_without_one(
+    client: httpx.AsyncClient, producer: RecordingProducer
+) -> None:
+    response = await post_for_event(client, "user.registeredForExam", b'{"user":{"id":"u1"}}')
+
+    assert response.status_code == 202
+    (record,) = producer.records
+    assert record.headers["event-name"] == b"user.registeredForExam"
+    assert record.value == b'{"user":{"id":"u1"}}'
+    assert record.key == b"u1"
+
+
+async def test_the_path_event_name_is_recorded_even_when_the_body_names_another_event(
+    client: httpx.AsyncClient, producer: RecordingProducer, sample_body: bytes
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        response = await post_for_event(client, "exam.completed", sample_body)
+
+    assert response.status_code == 202
+    assert producer.records[0].headers["event-name"] == b"exam.completed"
+    [line] = [entry for entry in logs if entry["event"] == "webhook"]
+    assert line["event_name"] == "exam.completed"
+    assert line["reason"] == "the path's event name differs from meta.eventName"
+
+
+async def test_a_percent_encoded_path_event_name_is_decoded_as_asgi_gives_it(
+    client: httpx.AsyncClient, producer: RecordingProducer
+) -> None:
+    response = await post_for_event(client, "exam.r%C3%A9sultat", b"{}")
+
+    assert response.status_code == 202
+    assert producer.records[0].headers["event-name"] == "exam.résultat".encode()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "a%2Fb", "a/b", "with%20space", "tab%09", "nul%00", "x" * 129],
+)
+async def test_a_malformed_path_event_name_gets_400_and_nothing_is_produced(
+    client: httpx.AsyncClient, producer: RecordingProducer, name: str
+) -> None:
+    response = await post_for_event(client, name, b"{}")
+
+    assert response.status_code == 400
+    assert "event name in the path" in response.json()["error"]
+    assert producer.records == []
+
+
+async def test_a_path_event_name_of_128_characters_is_accepted(
+    client: httpx.AsyncClient, producer: RecordingProducer
+) -> None:
+    assert (await post_for_event(client, "x" * 128, b"{}")).status_code == 202
+
+
+async def test_an_unauthenticated_post_with_a_malformed_path_event_name_gets_401(
+    client: httpx.AsyncClient, producer: RecordingProducer
+) -> None:
+    response = await client.post("/webhooks/a%2Fb", content=b"{}", headers=JSON)
+
+    assert response.status_code == 401

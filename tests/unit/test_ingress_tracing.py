@@ -216,3 +216,17 @@ async def test_with_tracing_off_no_span_is_made_and_the_record_gets_no_trace_hea
 
     assert TRACEPARENT not in producer.records[0].headers
     assert TRACESTATE not in producer.records[0].headers
+
+
+async def test_a_post_to_an_event_path_names_its_route_template_and_the_paths_event_name(
+    client: httpx.AsyncClient, memory_tracing: MemoryTracing
+) -> None:
+    response = await client.post(
+        "/webhooks/user.registeredForExam", content=b'{"user":{"id":"u1"}}', headers={**JSON, **basic_auth()}
+    )
+
+    assert response.status_code == 202
+    receive = only(memory_tracing.spans("receive"))
+    assert attributes(receive)["http.route"] == "/webhooks/{eventName}"
+    assert attributes(receive)["url.path"] == "/webhooks/user.registeredForExam"
+    assert attributes(receive)["exam_events.event_name"] == "user.registeredForExam"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 from handlers import (
     Handled,
+    HandlerOutput,
     Invalid,
+    Route,
     RulesSettings,
     SourceRecord,
     Unrouted,
@@ -77,3 +81,42 @@ def test_a_known_event_that_fails_validation_is_invalid_and_names_the_field_not_
     assert "user.email" in result.message
     assert "perhaps" not in result.message
     assert "12345" not in result.message
+
+
+class Registration(BaseModel):
+    """A stand-in for an event whose bodies carry no meta.eventName."""
+
+    user: dict[str, str]
+
+
+def _no_events(webhook: Registration, source: SourceRecord) -> HandlerOutput:
+    return HandlerOutput(events=(), skipped_reason=webhook.user["id"])
+
+
+def test_a_body_without_meta_event_name_is_routed_by_the_subscription_event_name() -> None:
+    table = {**TABLE, "user.registeredForExam": Route(Registration, _no_events)}
+    result = route_webhook(b'{"user": {"id": "u1"}}', SOURCE, table, "user.registeredForExam")
+    assert result == Handled("user.registeredForExam", HandlerOutput(events=(), skipped_reason="u1"))
+
+
+def test_meta_event_name_wins_over_the_subscription_event_name() -> None:
+    body = encode(results_released(event_name="exam.resultsReleased"))
+    result = route_webhook(body, SOURCE, TABLE, "user.updated")
+    assert isinstance(result, Handled)
+    assert result.event_name == "exam.resultsReleased"
+
+
+def test_an_unknown_subscription_event_name_is_unrouted_and_says_where_the_name_came_from() -> None:
+    result = route_webhook(b'{"user": {"id": "u1"}}', SOURCE, TABLE, "user.updated")
+    assert result == Unrouted("user.updated", "no handler for event-name header 'user.updated'")
+
+
+def test_a_body_with_neither_name_is_unrouted() -> None:
+    result = route_webhook(b'{"user": {"id": "u1"}}', SOURCE, TABLE, None)
+    assert result == Unrouted(None, "body has no meta.eventName and the record no event-name header")
+
+
+def test_a_known_subscription_event_name_with_a_body_of_another_shape_is_invalid() -> None:
+    result = route_webhook(b'{"user": {"id": "u1"}}', SOURCE, TABLE, "exam.resultsReleased")
+    assert isinstance(result, Invalid)
+    assert result.error_type == "ValidationError"
