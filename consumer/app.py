@@ -50,7 +50,18 @@ from consumer.settings import ConsumerSettings
 from consumer.topics import TopicsNotReady, check_topics
 from consumer.transactions import PartitionTransactions
 from handlers import build_routing_table
-from schemas.derived import ExamFailed, ExamPassed, ResitAvailable, ResitExhausted, ResitPassed
+from schemas.derived import (
+    AttemptCompleted,
+    AttemptSubmitted,
+    ExamFailed,
+    ExamPassed,
+    RegistrationCreated,
+    ResitAvailable,
+    ResitExhausted,
+    ResitPassed,
+    ScoreOverridden,
+)
+from schemas.platform import AttemptOverrideCreated, AttemptReported, UserRegisteredForExam
 from schemas.webhook import ExamResultsReleased
 
 log = structlog.get_logger("consumer")
@@ -83,16 +94,19 @@ class ConsumerApp(AsgiFastStream):
 
 
 # The raw channel's payload in the AsyncAPI document: each raw record is one webhook body, any JSON
-# (or not JSON at all: it is then dead-lettered); Exam Results Released bodies are routed by
-# meta.eventName. FastDepends is off (apply_types=False), so this annotation only documents: the
+# (or not JSON at all: it is then dead-lettered); bodies are routed by meta.eventName, else by the
+# event-name header. FastDepends is off (apply_types=False), so this annotation only documents: the
 # handler receives a batch of aiokafka records and validates each body once.
 RawWebhookBody = Annotated[
-    ExamResultsReleased | Any,
+    ExamResultsReleased | AttemptOverrideCreated | AttemptReported | UserRegisteredForExam | Any,
     Field(
         title="RawWebhookBody",
         description="One record = one webhook body, byte for byte as the sender posted it: any JSON "
-        "(bodies that are not JSON are dead-lettered). Bodies whose meta.eventName is an Exam Results "
-        "Released name are validated as ExamResultsReleased; others go to the unrouted topic.",
+        "(bodies that are not JSON are dead-lettered). Bodies are routed by meta.eventName, else by "
+        "the record's event-name header (the ingress's POST /webhooks/{eventName}), and validated as "
+        "the model of that event (ExamResultsReleased for an Exam Results Released name; "
+        "AttemptOverrideCreated, AttemptReported, UserRegisteredForExam); others go to the unrouted "
+        "topic.",
     ),
 ]
 RawWebhookBatch = Annotated[
@@ -323,6 +337,22 @@ def _document_outputs(broker: KafkaBroker, settings: ConsumerSettings) -> None:
             settings.resits_topic,
             "exam.resit.available, exam.resit.exhausted, exam.resit.passed (ce_type says which)",
             ResitAvailable | ResitExhausted | ResitPassed,
+        ),
+        (
+            settings.overrides_topic,
+            "exam.score.overridden (CloudEvents binary mode, key the attempt's learner id)",
+            ScoreOverridden,
+        ),
+        (
+            settings.attempts_topic,
+            "exam.attempt.submitted, exam.attempt.completed (ce_type says which; isExam tells exams "
+            "from other tests; key user.id)",
+            AttemptSubmitted | AttemptCompleted,
+        ),
+        (
+            settings.registrations_topic,
+            "exam.registration.created (CloudEvents binary mode, key user.id)",
+            RegistrationCreated,
         ),
         (
             settings.dlq_topic,

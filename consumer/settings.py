@@ -29,6 +29,17 @@ class ConsumerSettings(BaseSettings):
     resits_topic: str = Field(
         "exam.resits", min_length=1, description="Topic of the `exam.resit.*` events (all three types)."
     )
+    overrides_topic: str = Field(
+        "exam.results.overrides", min_length=1, description="Topic of `exam.score.overridden` events."
+    )
+    attempts_topic: str = Field(
+        "exam.attempts",
+        min_length=1,
+        description="Topic of `exam.attempt.submitted` and `exam.attempt.completed` events.",
+    )
+    registrations_topic: str = Field(
+        "exam.registrations", min_length=1, description="Topic of `exam.registration.created` events."
+    )
     dlq_topic: str = Field(
         "exam.webhooks.dlq", min_length=1, description="Dead-letter topic: not JSON, or invalid known event."
     )
@@ -120,6 +131,9 @@ class ConsumerSettings(BaseSettings):
             self.passed_topic,
             self.failed_topic,
             self.resits_topic,
+            self.overrides_topic,
+            self.attempts_topic,
+            self.registrations_topic,
             self.dlq_topic,
             self.unrouted_topic,
         }
@@ -196,4 +210,8 @@ class ConsumerSettings(BaseSettings):
             "exam.resit.available": self.resits_topic,
             "exam.resit.exhausted": self.resits_topic,
             "exam.resit.passed": self.resits_topic,
+            "exam.score.overridden": self.overrides_topic,
+            "exam.attempt.submitted": self.attempts_topic,
+            "exam.attempt.completed": self.attempts_topic,
+            "exam.registration.created": self.registrations_topic,
         }

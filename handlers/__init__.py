@@ -1,12 +1,15 @@
 """Handlers: pure functions from a decoded webhook to derived events, and the routing table.
 
-THE ROUTING TABLE is `build_routing_table` below: `meta.eventName` -> (model, handler).
+THE ROUTING TABLE is `build_routing_table` below: event name (`meta.eventName`, else the
+subscription's `event-name` header) -> (model, handler). Any other name is unrouted.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
+from handlers.attempts import derive_attempt_event
+from handlers.registrations import derive_registration_created
 from handlers.results_released import derive_result_events
 from handlers.routing import (
     Handled,
@@ -19,7 +22,10 @@ from handlers.routing import (
     Unrouted,
     route_webhook,
 )
+from handlers.score_overridden import derive_score_overridden
 from handlers.settings import RulesSettings
+from schemas.derived import AttemptCompleted, AttemptSubmitted
+from schemas.platform import AttemptOverrideCreated, AttemptReported, UserRegisteredForExam
 from schemas.webhook import ExamResultsReleased
 
 __all__ = [
@@ -40,4 +46,22 @@ __all__ = [
 def build_routing_table(rules: RulesSettings) -> RoutingTable:
     """Map every event name we handle to its model and handler; anything else is unrouted."""
     results_released = Route(ExamResultsReleased, partial(derive_result_events, rules=rules))
-    return dict.fromkeys(rules.results_released_event_names, results_released)
+    submitted = Route(AttemptReported, partial(derive_attempt_event, model=AttemptSubmitted, rules=rules))
+    completed = Route(AttemptReported, partial(derive_attempt_event, model=AttemptCompleted, rules=rules))
+    table: dict[str, Route] = {
+        "attemptOverride.created": Route(
+            AttemptOverrideCreated, partial(derive_score_overridden, rules=rules)
+        ),
+        # exam.* for exams only, attempt.* for every test: the events carry isExam to tell them apart.
+        "exam.submitted": submitted,
+        "attempt.submitted": submitted,
+        "exam.completed": completed,
+        "attempt.completed": completed,
+        "user.registeredForExam": Route(
+            UserRegisteredForExam, partial(derive_registration_created, rules=rules)
+        ),
+    }
+    taken = set(table) & set(rules.results_released_event_names)
+    if taken:
+        raise ValueError(f"RESULTS_RELEASED_EVENT_NAMES names events handled otherwise: {sorted(taken)}")
+    return table | dict.fromkeys(rules.results_released_event_names, results_released)

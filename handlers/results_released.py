@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
+from handlers.event_ids import event_id
 from handlers.routing import HandlerOutput, SourceRecord
 from handlers.settings import RulesSettings
 from schemas.cloudevents import DerivedEvent
@@ -17,9 +17,6 @@ from schemas.derived import (
     ResultContext,
 )
 from schemas.webhook import ExamResultsReleased
-
-# Namespace of the deterministic event ids (uuid5); changing it would change every id.
-EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c2e-5b0a-4c57-9a53-0e7d2f8b9c41")
 
 
 def derive_result_events(
@@ -100,6 +97,4 @@ def _cloud_event(webhook: ExamResultsReleased, data: ResultContext, rules: Rules
 
 def derive_event_id(portal_id: str, attempt_id: str, released_at: str, event_type: str) -> str:
     """A deterministic CloudEvents id: a redelivery gives the same id, a re-release a new one."""
-    return str(
-        uuid.uuid5(EVENT_ID_NAMESPACE, f"{portal_id}\x1f{attempt_id}\x1f{released_at}\x1f{event_type}")
-    )
+    return event_id(portal_id, attempt_id, released_at, event_type)

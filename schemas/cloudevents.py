@@ -17,8 +17,8 @@ class DerivedEvent:
     type: str  # ce_type, e.g. "exam.result.passed"
     id: str  # ce_id: deterministic, so a redelivered webhook gives the same id
     source: str  # ce_source
-    subject: str  # ce_subject: the attempt id
-    time: str  # ce_time: attempt.audit.releasedAt, as the platform sent it
+    subject: str  # ce_subject: the attempt id (the exam id of a registration)
+    time: str  # ce_time: attempt.audit.releasedAt (else meta.timestamp), as the platform sent it
     key: str  # Kafka key: user.id, so one learner's events keep their order in a partition
     data: BaseModel  # the event's data, one of the models in schemas.derived
 

@@ -135,10 +135,164 @@ class ResitPassed(ResultContext):
     event_type: ClassVar[str] = "exam.resit.passed"
 
 
-DERIVED_EVENT_MODELS: tuple[type[ResultContext], ...] = (
+class ValueChange(EventData):
+    """One overridden quantity."""
+
+    old_value: Number | None = Field(description="The value before the override.")
+    new_value: Number | None = Field(description="The value after the override.")
+    is_original: bool = Field(description="Whether the value is still the one originally marked.")
+
+
+class ScoreOverridden(EventData):
+    """A marker overrode an attempt's score, points, credits or penalties (`attemptOverride.created`)."""
+
+    event_type: ClassVar[str] = "exam.score.overridden"
+
+    learner_id: str = Field(
+        description="The attempt's learner (attempt.user, else user.id); also the Kafka key."
+    )
+    portal_id: str = Field(description="Portal (customer) id.")
+    exam_id: str = Field(description="Exam id.")
+    attempt_id: str = Field(description="Attempt id; also the CloudEvents subject.")
+    action_type: str = Field(description="The platform's kind of override (actionType), as sent.")
+    score: ValueChange = Field(description="Score in percent, before and after.")
+    points: ValueChange = Field(description="Points, before and after.")
+    credits: ValueChange = Field(description="Credits, before and after.")
+    penalties: ValueChange = Field(description="Penalties, before and after.")
+    overridden_at: str = Field(
+        description="When the override was made (meta.timestamp); the CloudEvents time."
+    )
+    source: SourceCoordinates = Field(description="Where the source webhook lies on the raw topic.")
+
+
+class AttemptExam(EventData):
+    """The exam an attempt belongs to, when the webhook names one."""
+
+    id: str = Field(description="Exam id.")
+    name: str | None = Field(description="Exam name, when sent.")
+
+
+class ReportedAttemptInfo(EventData):
+    """The attempt and its times."""
+
+    id: str = Field(description="Attempt id; also the CloudEvents subject.")
+    status: str | None = Field(description="The attempt's status (attempt.status), as sent.")
+    exam_status: str | None = Field(description="The exam status (attempt.examStatus), as sent.")
+    resit_count: int | None = Field(description="How many resits preceded this attempt, when sent.")
+    time_started: str = Field(description="When the learner started (RFC 3339).")
+    time_completed: str = Field(description="When the learner completed or submitted (RFC 3339).")
+    time_spent_in_ms: int = Field(description="Time spent on the attempt, in milliseconds.")
+
+
+class MarkingInfo(EventData):
+    """Where marking stands."""
+
+    status: str = Field(
+        description="Marking status (attempt.state.results.markingStatus), an open set: notStarted, "
+        "pending, completed, released, ..."
+    )
+    pending_marks: int | None = Field(description="Marks still to award, when sent.")
+    done: bool = Field(
+        description="True when the webhook carries the marks (the platform sends them "
+        "only once marking is done); `marks` is then set."
+    )
+
+
+class MarksInfo(EventData):
+    """The marks awarded, once marking is done."""
+
+    points: Number = Field(description="Points scored.")
+    max_points: Number = Field(description="Points available.")
+    credits: Number = Field(description="Credits added.")
+    penalties: Number = Field(description="Penalties deducted.")
+    score: Number | None = Field(description="Score in percent, when sent.")
+    score_frac: Number | None = Field(description="Score as a fraction 0..1, when sent.")
+
+
+class AttemptContext(EventData):
+    """Fields of every attempt event."""
+
+    learner: Learner = Field(description="Who sat the attempt (personal data).")
+    portal_id: str = Field(description="Portal (customer) id.")
+    is_exam: bool = Field(description="True for an exam, false for another test (attempt.isExam).")
+    exam: AttemptExam | None = Field(description="The exam, when the webhook names one.")
+    test: TestInfo | None = Field(description="The test taken, when the webhook names it.")
+    attempt: ReportedAttemptInfo = Field(description="The attempt: id, statuses and times.")
+    marking: MarkingInfo = Field(description="Marking status.")
+    marks: MarksInfo | None = Field(description="The marks; null until marking is done.")
+    reported_at: str = Field(
+        description="When the platform reported it (meta.timestamp); the CloudEvents time."
+    )
+    source: SourceCoordinates = Field(description="Where the source webhook lies on the raw topic.")
+
+
+class AttemptSubmitted(AttemptContext):
+    """A learner submitted an attempt (`exam.submitted`, `attempt.submitted`)."""
+
+    event_type: ClassVar[str] = "exam.attempt.submitted"
+
+
+class AttemptCompleted(AttemptContext):
+    """An attempt was completed (`exam.completed`, `attempt.completed`)."""
+
+    event_type: ClassVar[str] = "exam.attempt.completed"
+
+
+class RegisteredLearner(EventData):
+    """The learner registered. Personal data: handle under your data-protection rules."""
+
+    id: str = Field(description="The platform's user id; also the Kafka key.")
+    name: str | None = Field(description="Full name as held by the platform, when sent.")
+    email: str | None = Field(description="E-mail address as held by the platform, when sent.")
+    sub_portal_id: str | None = Field(description="Sub-portal of the learner, when the portal has them.")
+
+
+class ScheduleInfo(EventData):
+    """The window in which the exam can be sat."""
+
+    open_date: str | None = Field(description="When the exam opens (RFC 3339), when scheduled.")
+    close_date: str | None = Field(description="When the exam closes (RFC 3339), when scheduled.")
+
+
+class RegisteredExamInfo(EventData):
+    """The exam registered for."""
+
+    id: str = Field(description="Exam id (exam.objectId).")
+    name: str = Field(description="Exam name.")
+    url: str = Field(description="The exam's URL on the platform.")
+    schedule: ScheduleInfo = Field(description="When the exam opens and closes.")
+
+
+class UserGroupInfo(EventData):
+    """The user group the registration came through."""
+
+    id: str = Field(description="User group id (userGroup.objectId).")
+    name: str = Field(description="User group name.")
+
+
+class RegistrationCreated(EventData):
+    """A learner was registered for an exam (`user.registeredForExam`)."""
+
+    event_type: ClassVar[str] = "exam.registration.created"
+
+    learner: RegisteredLearner = Field(description="Who was registered (personal data).")
+    portal_id: str = Field(description="Portal (customer) id.")
+    exam: RegisteredExamInfo = Field(description="The exam: id, name, URL and schedule.")
+    user_group: UserGroupInfo | None = Field(description="The user group, when sent.")
+    registered_at: str = Field(
+        description="When the registration was made (meta.timestamp); the CloudEvents time."
+    )
+    source: SourceCoordinates = Field(description="Where the source webhook lies on the raw topic.")
+
+
+DERIVED_EVENT_MODELS: tuple[type[EventData], ...] = (
     ExamPassed,
     ExamFailed,
     ResitAvailable,
     ResitExhausted,
     ResitPassed,
+    ScoreOverridden,
+    AttemptSubmitted,
+    AttemptCompleted,
+    RegistrationCreated,
 )

@@ -13,7 +13,18 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from tests.support.broker import ROOT
 
 CREATE_TOPICS = ROOT / "scripts" / "create-topics"
-TOPIC_SETTINGS = ("RAW", "PASSED", "FAILED", "RESITS", "DLQ", "UNROUTED", "DEDUP")
+TOPIC_SETTINGS = (
+    "RAW",
+    "PASSED",
+    "FAILED",
+    "RESITS",
+    "OVERRIDES",
+    "ATTEMPTS",
+    "REGISTRATIONS",
+    "DLQ",
+    "UNROUTED",
+    "DEDUP",
+)
 
 
 def create_topics(env: dict[str, str], *args: str) -> str:

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class ConsumerTopics:
-    """One test's own raw and output topics."""
+    """One test's own raw and output topics (the later derived topics last: some callers build it
+    positionally from the field names)."""
 
     raw: str
     passed: str
@@ -40,10 +41,22 @@ class ConsumerTopics:
     dlq: str
     unrouted: str
     dedup: str
+    overrides: str
+    attempts: str
+    registrations: str
 
     @property
     def outputs(self) -> list[str]:
-        return [self.passed, self.failed, self.resits, self.dlq, self.unrouted]
+        return [
+            self.passed,
+            self.failed,
+            self.resits,
+            self.overrides,
+            self.attempts,
+            self.registrations,
+            self.dlq,
+            self.unrouted,
+        ]
 
     def env(self) -> dict[str, str]:
         """The CONSUMER_*_TOPIC variables naming these topics."""
@@ -55,13 +68,16 @@ class ConsumerTopics:
             "CONSUMER_DLQ_TOPIC": self.dlq,
             "CONSUMER_UNROUTED_TOPIC": self.unrouted,
             "CONSUMER_DEDUP_TOPIC": self.dedup,
+            "CONSUMER_OVERRIDES_TOPIC": self.overrides,
+            "CONSUMER_ATTEMPTS_TOPIC": self.attempts,
+            "CONSUMER_REGISTRATIONS_TOPIC": self.registrations,
         }
 
 
 async def make_consumer_topics(
     bootstrap: str, unique_name: Callable[[str], str], raw_partitions: int = 3
 ) -> ConsumerTopics:
-    """Create a raw topic with `raw_partitions` partitions, the five output topics (3 partitions) and
+    """Create a raw topic with `raw_partitions` partitions, the eight output topics (3 partitions) and
     the dedup changelog (as many partitions as the raw topic)."""
     topics = ConsumerTopics(
         raw=unique_name("raw"),
@@ -71,6 +87,9 @@ async def make_consumer_topics(
         dlq=unique_name("dlq"),
         unrouted=unique_name("unrouted"),
         dedup=unique_name("dedup"),
+        overrides=unique_name("overrides"),
+        attempts=unique_name("attempts"),
+        registrations=unique_name("registrations"),
     )
     await create_topics(bootstrap, [topics.raw, topics.dedup], raw_partitions)
     await create_topics(bootstrap, topics.outputs, 3)
@@ -89,6 +108,9 @@ def consumer_settings(
         "dlq_topic": topics.dlq,
         "unrouted_topic": topics.unrouted,
         "dedup_topic": topics.dedup,
+        "overrides_topic": topics.overrides,
+        "attempts_topic": topics.attempts,
+        "registrations_topic": topics.registrations,
         "group_id": group_id,
         "http_port": free_port(),
         "retry_backoff_initial_seconds": 0.05,

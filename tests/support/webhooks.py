@@ -42,3 +42,9 @@ def results_released(
 def encode(body: dict[str, Any]) -> bytes:
     """The body as the platform would send it."""
     return json.dumps(body).encode()
+
+
+def platform_body(name: str) -> dict[str, Any]:
+    """A fresh copy of a recorded body of the platform's other events, e.g. `exam-completed`."""
+    body: dict[str, Any] = json.loads((SAMPLE_PATH.parent / f"{name}.json").read_text())
+    return body

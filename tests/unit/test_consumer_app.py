@@ -86,11 +86,21 @@ async def test_the_asyncapi_page_and_document_describe_the_consumer_channels(app
         "exam.results.passed",
         "exam.results.failed",
         "exam.resits",
+        "exam.results.overrides",
+        "exam.attempts",
+        "exam.registrations",
         "exam.webhooks.dlq",
         "exam.webhooks.unrouted",
         "exam.events.dedup",
     }
-    assert "ExamResultsReleased" in document["components"]["schemas"]
+    schemas = document["components"]["schemas"]
+    assert {
+        "ExamResultsReleased",
+        "AttemptOverrideCreated",
+        "AttemptReported",
+        "UserRegisteredForExam",
+    } <= set(schemas)
+    assert {"ScoreOverridden", "AttemptSubmitted", "AttemptCompleted", "RegistrationCreated"} <= set(schemas)
 
 
 async def test_there_is_no_try_it_out_route_that_would_let_http_callers_publish(app: ConsumerApp) -> None:

@@ -38,6 +38,10 @@ def test_defaults_match_the_issue() -> None:
         "exam.resit.available": "exam.resits",
         "exam.resit.exhausted": "exam.resits",
         "exam.resit.passed": "exam.resits",
+        "exam.score.overridden": "exam.results.overrides",
+        "exam.attempt.submitted": "exam.attempts",
+        "exam.attempt.completed": "exam.attempts",
+        "exam.registration.created": "exam.registrations",
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from pydantic import BaseModel
 
 from handlers import (
@@ -27,8 +28,35 @@ def test_every_configured_results_released_name_has_a_route() -> None:
         {"results_released_event_names": "exam.resultsReleased, exam.results_released"}
     )
     table = build_routing_table(rules)
-    assert set(table) == {"exam.resultsReleased", "exam.results_released"}
-    assert all(route.model is ExamResultsReleased for route in table.values())
+    assert {name for name, route in table.items() if route.model is ExamResultsReleased} == {
+        "exam.resultsReleased",
+        "exam.results_released",
+    }
+
+
+def test_every_event_name_of_the_issue_has_a_route_and_the_others_of_the_platform_do_not() -> None:
+    assert set(TABLE) == {
+        "exam.resultsReleased",
+        "attemptOverride.created",
+        "exam.submitted",
+        "attempt.submitted",
+        "exam.completed",
+        "attempt.completed",
+        "user.registeredForExam",
+    }
+    for name in [
+        "user.registered",
+        "user.updated",
+        "user.addedToGroup",
+        "assignment.completed",
+        "flag.planted",
+    ]:
+        assert isinstance(route_webhook(b'{"user": {"id": "u1"}}', SOURCE, TABLE, name), Unrouted)
+
+
+def test_a_results_released_name_that_another_handler_takes_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"exam\.completed"):
+        build_routing_table(RulesSettings(results_released_event_names=("exam.completed",)))
 
 
 def test_event_names_are_read_from_the_environment_as_a_comma_separated_list(monkeypatch) -> None:  # type: ignore[no-untyped-def]

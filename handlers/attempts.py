@@ -1,0 +1,72 @@
+"""Attempt submitted or completed (exam.* and attempt.* alike): one `exam.attempt.*` event each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.event_ids import event_id
+from handlers.routing import HandlerOutput, SourceRecord
+from handlers.settings import RulesSettings
+from schemas.cloudevents import DerivedEvent
+from schemas.derived import AttemptContext
+from schemas.platform import AttemptReported
+
+
+def derive_attempt_event(
+    webhook: AttemptReported, source: SourceRecord, *, model: type[AttemptContext], rules: RulesSettings
+) -> HandlerOutput:
+    """The attempt's marking status and times, and its marks once marking is done."""
+    user, attempt, portal_id = webhook.user, webhook.attempt, webhook.portal.id
+    marks = attempt.marks
+    context: dict[str, Any] = {
+        "learner": {
+            "id": user.id,
+            "name": user.name,
+            "email": user.email,
+            "sub_portal_id": user.sub_portal_id,
+        },
+        "portal_id": portal_id,
+        "is_exam": attempt.is_exam,
+        "exam": None if webhook.exam is None else {"id": webhook.exam.id, "name": webhook.exam.name},
+        "test": None if webhook.test is None else {"id": webhook.test.id, "title": webhook.test.title},
+        "attempt": {
+            "id": attempt.id,
+            "status": attempt.status,
+            "exam_status": attempt.exam_status,
+            "resit_count": attempt.resit_count,
+            "time_started": attempt.time_started,
+            "time_completed": attempt.time_completed,
+            "time_spent_in_ms": attempt.time_spent_in_ms,
+        },
+        "marking": {
+            "status": attempt.state.results.marking_status,
+            "pending_marks": attempt.state.results.pending_marks,
+            "done": marks is not None,
+        },
+        # The platform sends marks only once marking is done.
+        "marks": None
+        if marks is None
+        else {
+            "points": marks.points,
+            "max_points": marks.max_points,
+            "credits": marks.credits,
+            "penalties": marks.penalties,
+            "score": attempt.score,
+            "score_frac": attempt.score_frac,
+        },
+        "reported_at": webhook.meta.timestamp,
+        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+    }
+    event = DerivedEvent(
+        type=model.event_type,
+        # The attempt and its completion time, not the webhook's: an exam attempt reported by both its
+        # exam.* and its attempt.* webhook gets one id, so it is published once (exactly-once) or
+        # deduplicated downstream.
+        id=event_id(portal_id, attempt.id, attempt.time_completed, model.event_type),
+        source=f"{rules.ce_source}:portal:{portal_id}",
+        subject=attempt.id,
+        time=webhook.meta.timestamp,
+        key=user.id,
+        data=model.model_validate(context),
+    )
+    return HandlerOutput(events=(event,))
