@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from common.settings import InvalidSettings
 from handlers.attempts import derive_attempt_event
 from handlers.registrations import derive_registration_created
 from handlers.results_released import derive_result_events
@@ -63,5 +64,8 @@ def build_routing_table(rules: RulesSettings) -> RoutingTable:
     }
     taken = set(table) & set(rules.results_released_event_names)
     if taken:
-        raise ValueError(f"RESULTS_RELEASED_EVENT_NAMES names events handled otherwise: {sorted(taken)}")
+        # One name, one handler: the results-released rules must not silently take another event's name.
+        raise InvalidSettings(
+            f"RESULTS_RELEASED_EVENT_NAMES names events that other handlers take: {', '.join(sorted(taken))}"
+        )
     return table | dict.fromkeys(rules.results_released_event_names, results_released)

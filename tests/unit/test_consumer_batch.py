@@ -20,7 +20,7 @@ from consumer.plan import OutgoingRecord, plan_batch
 from consumer.sender import PublishError, publish_all
 from consumer.settings import ConsumerSettings
 from handlers import RulesSettings, build_routing_table
-from tests.support.webhooks import encode, results_released
+from tests.support.webhooks import encode, platform_body, results_released
 from tests.unit.test_consumer_plan import FakeRecord
 
 
@@ -321,3 +321,35 @@ def test_an_event_name_conflict_is_counted_and_logged_with_both_names(
     assert conflict["event_name"] == "exam.resultsReleased"
     assert conflict["header_event_name"] == "exam.completed"
     assert conflict["offset"] == 3
+
+
+def test_the_log_lines_of_the_platforms_other_events_carry_no_name_or_email(
+    metrics: ConsumerMetrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture = LogCapture()
+    debug = structlog.wrap_logger(
+        None, processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)
+    )
+    monkeypatch.setattr(batch_module, "log", debug)
+    names = ["attempt-override-created", "exam-submitted", "exam-completed", "user-registered-for-exam"]
+    bodies = [platform_body(name) for name in names]
+    records = [
+        FakeRecord(encode(body), offset=offset, headers=(("event-name", b"user.registeredForExam"),))
+        for offset, body in enumerate(bodies)
+    ]
+    plan = plan_batch(
+        records,
+        build_routing_table(RulesSettings()),
+        ConsumerSettings(rules=RulesSettings()).derived_topics,
+        dlq_topic="dlq",
+        unrouted_topic="unrouted",
+    )
+
+    record_outcomes(plan, metrics)
+
+    assert sum(plan.emitted.values()) == 4
+    text = repr(capture.entries)
+    assert "events_emitted" in text
+    for body in bodies:
+        assert body["user"]["name"] not in text
+        assert body["user"]["email"] not in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
+from common.settings import InvalidSettings
 from handlers import (
     Handled,
     HandlerOutput,
@@ -55,7 +56,7 @@ def test_every_event_name_of_the_issue_has_a_route_and_the_others_of_the_platfor
 
 
 def test_a_results_released_name_that_another_handler_takes_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"exam\.completed"):
+    with pytest.raises(InvalidSettings, match=r"RESULTS_RELEASED_EVENT_NAMES .*: exam\.completed"):
         build_routing_table(RulesSettings(results_released_event_names=("exam.completed",)))
 
 
