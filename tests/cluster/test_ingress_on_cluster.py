@@ -38,6 +38,7 @@ class Answers:
 
     statuses: list[tuple[float, int]] = field(default_factory=list)
     accepted: list[bytes] = field(default_factory=list)
+    readiness: list[tuple[float, int]] = field(default_factory=list)  # the admin port's /readyz
 
     def since(self, began: float, until: float | None = None) -> list[int]:
         return [s for t, s in self.statuses if t >= began and (until is None or t < until)]
@@ -67,6 +68,13 @@ async def send_steadily(
         await asyncio.sleep(0.05)
 
 
+async def probe_readiness(admin: httpx.AsyncClient, answers: Answers, stop: asyncio.Event) -> None:
+    """/readyz every half second, as Kubernetes would."""
+    while not stop.is_set():
+        answers.readiness.append((time.monotonic(), (await admin.get("/readyz")).status_code))
+        await asyncio.sleep(0.5)
+
+
 async def create_replicated_topic(bootstrap: str, name: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -94,6 +102,7 @@ async def test_webhooks_accepted_while_nodes_fail_are_all_stored_and_503s_come_o
         senders = [
             asyncio.create_task(send_steadily(ingress.client, answers, stop, n)) for n in range(SENDERS)
         ]
+        senders.append(asyncio.create_task(probe_readiness(ingress.admin, answers, stop)))
         try:
             await asyncio.sleep(2)
             # One node at a time: the leader of partition 0, then another node.
@@ -142,6 +151,10 @@ async def test_webhooks_accepted_while_nodes_fail_are_all_stored_and_503s_come_o
             continue
         late = [s for s in answers.since(began + STALL_BOUND_S, ended) if s != 202]
         assert late == [], f"{name}: {len(late)} refusals after the stall"
+        # Every ingress would see the same: not ready would take them all out of service at once.
+        probes = [s for t, s in answers.readiness if began <= t < ended]
+        assert probes
+        assert set(probes) == {200}, f"{name}: /readyz answered {probes}"
     # Two down: nothing is accepted once the produces in flight before the second kill ended.
     began, ended = windows["two nodes killed"]
     assert 202 not in answers.since(began + 5.5, ended)
