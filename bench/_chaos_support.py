@@ -2,6 +2,9 @@
 
 - `Broker`: a `scripts/kafka-local` broker on its own port and data directory, which can be
   SIGKILLed (the pid `kafka-local start` records in `<data dir>/kafka.pid`) and started again.
+- `Cluster`: a `scripts/kafka-local start --nodes 3` cluster on three consecutive ports and its own
+  data directory; one node at a time is SIGKILLed (`stop-node N --kill`) and started again
+  (`start-node N`), and `sigkill()` kills every node (and any kafka-local command still running).
 - `Child`: an ingress or consumer subprocess with its log file; `kill()` is safe to call twice.
 - Topic provisioning (`scripts/create-topics`, plus the dedup changelog when it is missing), the
   group's committed offsets against the raw topic's end offsets, and reading the output topics
@@ -37,6 +40,7 @@ KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
 CREATE_TOPICS = ROOT / "scripts" / "create-topics"
 CLEANUP_POLICY = "cleanup.policy"
 DEDUP_CLEANUP_POLICY = "compact,delete"
+MIN_INSYNC = "min.insync.replicas"
 PROJECT_LOGGERS = frozenset({"consumer", "common", "handlers", "schemas", "ingress"})
 
 
@@ -151,6 +155,98 @@ class Broker:
                 os.kill(pid, signal.SIGKILL)
         if not wait_gone(pids, 15.0):
             raise RuntimeError(f"broker process(es) {pids} still run 15 s after SIGKILL")
+        return pids
+
+
+@dataclass
+class Cluster:
+    """A kafka-local three-node cluster: node n (1..3) serves clients on 127.0.0.1:`port + n - 1`,
+    its data, logs and pid file in `data_dir/node-n`."""
+
+    port: int
+    data_dir: Path
+    env: Mapping[str, str]
+    nodes: int = 3
+    _command: asyncio.subprocess.Process | None = None  # the kafka-local command running now
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{self.port + n}" for n in range(self.nodes))
+
+    async def _kafka_local(self, *args: str, timeout: float) -> float:
+        """Run `kafka-local ARGS --data-dir D`; returns the seconds it took. Raises on failure."""
+        started = time.monotonic()
+        self._command = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(KAFKA_LOCAL),
+            *args,
+            "--data-dir",
+            str(self.data_dir),
+            cwd=ROOT,
+            env=dict(self.env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(self._command.communicate(), timeout)
+        except BaseException:
+            self.kill_command()
+            raise
+        code = self._command.returncode
+        self._command = None
+        if code != 0:
+            reason = (err or out).decode(errors="replace").strip()
+            raise RuntimeError(f"kafka-local {' '.join(args)} failed (status {code}): {reason[-2000:]}")
+        return time.monotonic() - started
+
+    async def start(self, timeout: float) -> float:
+        """`kafka-local start --nodes 3 --port P`: returns once all three are in the metadata."""
+        return await self._kafka_local(
+            "start", "--nodes", str(self.nodes), "--port", str(self.port), timeout=timeout
+        )
+
+    async def kill_node(self, node: int, timeout: float = 30.0) -> float:
+        """`kafka-local stop-node N --kill`: SIGKILL, returns once the process is gone."""
+        return await self._kafka_local("stop-node", str(node), "--kill", timeout=timeout)
+
+    async def start_node(self, node: int, timeout: float) -> float:
+        """`kafka-local start-node N`: returns once every running broker lists the node."""
+        return await self._kafka_local("start-node", str(node), "--port", str(self.port), timeout=timeout)
+
+    def kill_command(self) -> None:
+        if self._command is not None and self._command.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._command.kill()
+        self._command = None
+
+    def node_pids(self, node: int) -> list[int]:
+        """Every running JVM of node `node` (the recorded pid, plus any whose command line names the
+        node's server.properties: a node launched by a command killed before it wrote the pid file,
+        or its storage formatter)."""
+        home = self.data_dir / f"node-{node}"
+        found = set()
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((home / "kafka.pid").read_text().strip())
+            if str(home) in cmdline(pid):
+                found.add(pid)
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and str(home / "server.properties") in cmdline(int(entry.name)):
+                found.add(int(entry.name))
+        return sorted(pid for pid in found if not process_gone(pid))
+
+    def pids(self) -> list[int]:
+        return sorted(pid for node in range(1, self.nodes + 1) for pid in self.node_pids(node))
+
+    def sigkill(self) -> list[int]:
+        """SIGKILL every node (and a running kafka-local command) and wait until all are gone."""
+        self.kill_command()
+        pids = self.pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if not wait_gone(pids, 15.0):
+            raise RuntimeError(f"cluster process(es) {pids} still run 15 s after SIGKILL")
         return pids
 
 
@@ -276,11 +372,19 @@ def log_summary(paths: Sequence[Path], top: int = 6) -> dict[str, Any]:
 
 
 async def provision_topics(
-    bootstrap: str, env: Mapping[str, str], topics: Mapping[str, str], partitions: int, log_path: Path
+    bootstrap: str,
+    env: Mapping[str, str],
+    topics: Mapping[str, str],
+    partitions: int,
+    log_path: Path,
+    replication: int = 1,
 ) -> str:
     """`scripts/create-topics --partitions P`, then the dedup changelog if create-topics left it out
     (cleanup.policy=compact,delete), then a check that every topic has P partitions with leaders.
-    Returns a short note on the dedup topic's cleanup.policy."""
+    create-topics picks the replication factor itself (min(3, brokers), min.insync.replicas=2 at 3);
+    with `replication` above 1 every topic must then have that many replicas of every partition,
+    all in sync, and min.insync.replicas=2. Returns a short note on the dedup topic's
+    cleanup.policy (and the replication)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(CREATE_TOPICS),
@@ -314,48 +418,66 @@ async def provision_topics(
                     NewTopic(
                         dedup,
                         num_partitions=partitions,
-                        replication_factor=1,
-                        topic_configs={CLEANUP_POLICY: DEDUP_CLEANUP_POLICY},
+                        replication_factor=replication,
+                        topic_configs={
+                            CLEANUP_POLICY: DEDUP_CLEANUP_POLICY,
+                            **({MIN_INSYNC: "2"} if replication >= 3 else {}),
+                        },
                     )
                 ]
             )
             created_here = True
         names = sorted(topics.values())
-        described = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
+        descriptions = await admin.describe_topics(names)
+        described = {t["topic"]: len(t["partitions"]) for t in descriptions}
         wrong = {name: described.get(name) for name in names if described.get(name) != partitions}
         if wrong:
             raise RuntimeError(f"topics without {partitions} partitions after provisioning: {wrong}")
-        policy = await _cleanup_policy(admin, dedup)
+        policy = await _topic_config(admin, dedup, CLEANUP_POLICY)
+        replicated = ""
+        if replication > 1:
+            factors = {
+                t["topic"]: sorted({len(p["replicas"]) for p in t["partitions"]}) for t in descriptions
+            }
+            wrong_factor = {name: f for name, f in factors.items() if f != [replication]}
+            if wrong_factor:
+                raise RuntimeError(f"topics without replication factor {replication}: {wrong_factor}")
+            min_isr = {name: await _topic_config(admin, name, MIN_INSYNC) for name in names}
+            wrong_isr = {name: value for name, value in min_isr.items() if value != "2"}
+            if replication >= 3 and wrong_isr:
+                raise RuntimeError(f"topics without {MIN_INSYNC}=2: {wrong_isr}")
+            replicated = f"; every topic replication factor {replication}, {MIN_INSYNC} 2"
     finally:
         await admin.close()
-    await _wait_for_leaders(bootstrap, list(topics.values()), partitions)
+    await _wait_for_leaders(bootstrap, list(topics.values()), partitions, replicas=replication)
     who = "created by bench/chaos.py" if created_here else "created by scripts/create-topics"
-    return f"{dedup} {who}, {CLEANUP_POLICY}={policy}"
+    return f"{dedup} {who}, {CLEANUP_POLICY}={policy}{replicated}"
 
 
 def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-async def _cleanup_policy(admin: Any, topic: str) -> str:
+async def _topic_config(admin: Any, topic: str, name: str) -> str:
     responses = await admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, topic, configs={CLEANUP_POLICY: None})]
+        [ConfigResource(ConfigResourceType.TOPIC, topic, configs={name: None})]
     )
     for response in responses:
         for resource in response.to_object()["resources"]:
             for entry in resource["config_entries"]:
-                if entry["config_names"] == CLEANUP_POLICY:
+                if entry["config_names"] == name:
                     return str(entry["config_value"])
     return "?"
 
 
 async def _wait_for_leaders(
-    bootstrap: str, names: Sequence[str], partitions: int, timeout: float = 60
+    bootstrap: str, names: Sequence[str], partitions: int, timeout: float = 60, replicas: int = 1
 ) -> None:
+    """Until every partition has a leader (and, with `replicas` > 1, that many in-sync replicas)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
+    deadline = time.monotonic() + timeout
     try:
-        deadline = time.monotonic() + timeout
         while True:
             await consumer._client.force_metadata_update()
             cluster = consumer._client.cluster
@@ -364,12 +486,44 @@ async def _wait_for_leaders(
                 for name in names
                 for p in range(partitions)
             ):
-                return
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"topics {list(names)} have no leaders after {timeout:.0f} s")
             await asyncio.sleep(0.2)
     finally:
         await consumer.stop()
+    if replicas > 1:
+        await wait_in_sync(bootstrap, names, replicas, max(1.0, deadline - time.monotonic()))
+
+
+async def in_sync_counts(bootstrap: str, names: Sequence[str]) -> dict[str, int]:
+    """The size of the ISR of every partition of `names`, as "topic[p]" -> count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(names))
+    finally:
+        await admin.close()
+    return {f"{t['topic']}[{p['partition']}]": len(p["isr"]) for t in described for p in t["partitions"]}
+
+
+async def wait_in_sync(bootstrap: str, names: Sequence[str], replicas: int, timeout: float) -> float:
+    """Until every partition of `names` has `replicas` replicas in sync; returns the seconds waited."""
+    started = time.monotonic()
+    short: dict[str, int] = {}
+    while True:
+        try:
+            counts = await in_sync_counts(bootstrap, names)
+            short = {name: n for name, n in counts.items() if n < replicas}
+            if counts and not short:
+                return time.monotonic() - started
+        except Exception as exc:  # a node may have just died or come back: ask again
+            short = {"?": 0, type(exc).__name__: 0}
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(
+                f"partitions with fewer than {replicas} in-sync replicas after {timeout:.0f} s: {short}"
+            )
+        await asyncio.sleep(0.25)
 
 
 # --- the group's progress --------------------------------------------------------------------------

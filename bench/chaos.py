@@ -76,13 +76,22 @@ sys.path.insert(0, str(ROOT))
 from bench._chaos_support import (  # noqa: E402
     Broker,
     Child,
+    Cluster,
     GroupProgress,
     group_progress,
     log_summary,
     provision_topics,
     read_outputs,
+    wait_in_sync,
 )
 from tests.support.broker import free_port  # noqa: E402
+from tests.support.cluster import (  # noqa: E402
+    LocalCluster,
+    consecutive_free_ports,
+    group_coordinator,
+    partition_leader,
+    transaction_coordinator,
+)
 from tests.support.consumer_harness import expected_outputs  # noqa: E402
 from tests.support.webhooks import encode, results_released  # noqa: E402
 
@@ -103,8 +112,13 @@ REQUEST_TIMEOUT_S = 15.0  # the ingress answers 503 after its 5 s produce timeou
 SESSION_TIMEOUT_MS = 6000
 SIGTERM_GRACE_S = 45.0  # the consumer's graceful timeout (30 s) plus margin; then SIGKILL
 BROKER_DOWN_S = 3.0
+CLUSTER_NODES = 3
+ALL_NODES = list(range(1, CLUSTER_NODES + 1))
+NODE_DOWN_S = 3.0  # from `stop-node N --kill` until `start-node N`
+NODE_KILL_AT = (0.10, 0.40, 0.70)  # --nodes 3: fractions accepted at which a node is killed
 READ_TIMEOUT_S = 90.0  # beyond --timeout-seconds: open transactions time out after 40 s
 USERNAME = "chaos"
+TOPIC_OVERRIDES = ("TOPIC_REPLICATION_FACTOR", "TOPIC_MIN_INSYNC_REPLICAS")
 SOURCES = ("consumer", "ingress", "handlers", "schemas", "common", "scripts")
 
 
@@ -155,6 +169,9 @@ class SendState:
     total: int
     ok_posts: Counter[int] = field(default_factory=Counter)  # webhook -> POSTs answered 2xx
     attempts: Counter[str] = field(default_factory=Counter)  # answer status or error type -> count
+    # Each accepted POST: (its first try began, its 2xx arrived, tries)
+    chains: list[tuple[float, float, int]] = field(default_factory=list)
+    refused_at: list[float] = field(default_factory=list)  # when each 503 answer arrived
     done: bool = False
     finished_at: float = 0.0
 
@@ -196,11 +213,16 @@ async def send(
 
     async def post_until_2xx(client: httpx.AsyncClient, body: bytes) -> bool:
         backoff = BACKOFF_INITIAL_S
+        began, tries = time.monotonic(), 0
         while time.monotonic() < deadline:
+            tries += 1
             try:
                 answer = await client.post("/webhooks", content=body, headers=headers)
                 state.attempts[str(answer.status_code)] += 1
+                if answer.status_code == 503:
+                    state.refused_at.append(time.monotonic())
                 if 200 <= answer.status_code < 300:
+                    state.chains.append((began, time.monotonic(), tries))
                     return True
             except httpx.HTTPError as exc:
                 state.attempts[type(exc).__name__] += 1
@@ -223,11 +245,31 @@ async def send(
 
 
 @dataclass
+class NodeKill:
+    """One node killed and restarted (--nodes 3); times in seconds since the mode started."""
+
+    node: int
+    role: str
+    at: str  # what had been accepted when it was killed
+    killed_s: float = 0.0  # when `stop-node --kill` returned (the JVM was gone)
+    started_s: float = 0.0  # when `start-node` returned (the node was in the metadata again)
+    back_in_isr_s: float = 0.0  # when every raw partition had all three replicas in sync again
+    start_node_seconds: float = 0.0
+    # The longest a POST waited past the kill for its 2xx, among those in flight at the kill or
+    # started before the node was back in the ISR (None: no POST in that window).
+    write_stall_s: float | None = None
+    write_stall_post: str = ""  # that POST: when it began (relative to the kill) and its tries
+    refused_503: int = 0  # 503 answers from the kill until the node was back in the ISR
+    accepted_in_window: int = 0  # POSTs answered 2xx in that window
+
+
+@dataclass
 class ModeResult:
     """The outcome of one mode (what --json prints)."""
 
     mode: str
     webhooks: int
+    nodes: int = 1
     accepted: int = 0
     posted_twice: int = 0
     expected_events: int = 0
@@ -243,6 +285,8 @@ class ModeResult:
     open_transactions: list[str] = field(default_factory=list)
     unread_partitions: list[str] = field(default_factory=list)
     post_answers: dict[str, int] = field(default_factory=dict)
+    refused_503: int = 0
+    node_kills: list[NodeKill] = field(default_factory=list)
     raw_records: int = 0
     consumers_started: int = 0
     unexpected_exits: list[str] = field(default_factory=list)
@@ -264,6 +308,7 @@ class ModeResult:
             and self.accepted == self.webhooks
             and self.caught_up
             and not self.unread_partitions
+            and (self.nodes == 1 or len(self.node_kills) == len(NODE_KILL_AT))
         )
 
     @property
@@ -273,10 +318,17 @@ class ModeResult:
         return self.complete and self.lost == 0
 
     def line(self) -> str:
+        cluster = ""
+        if self.nodes > 1:
+            stalls = "/".join(stall_text(k.write_stall_s) for k in self.node_kills) or "none"
+            cluster = (
+                f", {self.refused_503} answers 503, write stall after the {len(self.node_kills)} "
+                f"node kills {stalls} s"
+            )
         return (
             f"{self.mode}: accepted {self.accepted} webhooks ({self.posted_twice} posted twice), "
             f"{self.expected_events} expected events, lost {self.lost}, duplicates {self.duplicates}, "
-            f"unexpected {self.unexpected}, {self.seconds:.0f} s"
+            f"unexpected {self.unexpected}{cluster}, {self.seconds:.0f} s"
         )
 
     def notes(self) -> list[str]:
@@ -286,6 +338,8 @@ class ModeResult:
             found.append(f"error: {self.error}")
         if self.accepted < self.webhooks:
             found.append(f"only {self.accepted} of {self.webhooks} webhooks accepted before the timeout")
+        if self.nodes > 1 and len(self.node_kills) < len(NODE_KILL_AT):
+            found.append(f"only {len(self.node_kills)} of {len(NODE_KILL_AT)} node kills done")
         if not self.caught_up and self.error is None:
             found.append("the group never committed the whole raw topic within the timeout")
         if self.unread_partitions:
@@ -308,6 +362,10 @@ class ModeResult:
         return found
 
 
+def stall_text(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}"
+
+
 class ModeRun:
     """The processes of one mode, the chaos it inflicts, and its bookkeeping."""
 
@@ -317,18 +375,23 @@ class ModeRun:
         self.dir.mkdir(parents=True)
         self.started = time.monotonic()
         self.deadline = self.started + args.timeout_seconds
-        self.result = ModeResult(mode, args.webhooks, temp_dir=str(self.dir))
+        self.result = ModeResult(mode, args.webhooks, nodes=args.nodes, temp_dir=str(self.dir))
         self.rng = random.Random(f"{args.seed}-chaos")
         self.group_id = f"chaos-{mode}-{uuid.uuid4().hex[:8]}"
         self.password = secrets.token_urlsafe(18)
         self.child_env = {
             k: v for k, v in os.environ.items() if not k.startswith(("INGRESS_", "CONSUMER_", "KAFKA_"))
         }
-        self.broker = Broker(
-            free_port(),
-            (self.dir / "kafka").resolve(),
-            {k: v for k, v in os.environ.items() if k not in ("KAFKA_LOCAL_DIR", "KAFKA_LOCAL_PORT")},
-        )
+        kafka_local_env = {
+            k: v for k, v in os.environ.items() if k not in ("KAFKA_LOCAL_DIR", "KAFKA_LOCAL_PORT")
+        }
+        self.broker: Broker | Cluster
+        if args.nodes == 1:
+            self.broker = Broker(free_port(), (self.dir / "kafka").resolve(), kafka_local_env)
+        else:
+            self.broker = Cluster(
+                consecutive_free_ports(CLUSTER_NODES), (self.dir / "kafka").resolve(), kafka_local_env
+            )
         self.ingress: Child | None = None
         self.consumers: list[Child] = []  # every consumer started, in order
         self.serial = 0
@@ -401,8 +464,9 @@ class ModeRun:
         tasks: list[asyncio.Task[None]] = []
         try:
             seconds = await self.broker.start(timeout=max(10.0, self.deadline - time.monotonic()))
+            what = "broker" if self.args.nodes == 1 else f"{self.args.nodes}-node cluster"
             self.say(
-                f"broker on {self.broker.bootstrap} ready in {seconds:.1f} s (data in {self.broker.data_dir})"
+                f"{what} on {self.broker.bootstrap} ready in {seconds:.1f} s (data in {self.broker.data_dir})"
             )
             env = {
                 **self.child_env,
@@ -410,8 +474,15 @@ class ModeRun:
                 "CONSUMER_PROCESSING_GUARANTEE": "exactly-once",  # so create-topics includes the dedup topic
                 "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
             }
+            if self.args.nodes > 1:  # the project's own choice on 3 brokers: factor 3, min ISR 2
+                env = {k: v for k, v in env.items() if k not in TOPIC_OVERRIDES}
             note = await provision_topics(
-                self.broker.bootstrap, env, TOPICS, self.args.partitions, self.dir / "create-topics.log"
+                self.broker.bootstrap,
+                env,
+                TOPICS,
+                self.args.partitions,
+                self.dir / "create-topics.log",
+                replication=min(3, self.args.nodes),
             )
             self.result.dedup_topic = note
             self.say(f"topics created with {self.args.partitions} partitions ({note})")
@@ -444,10 +515,15 @@ class ModeRun:
             ]
             chaos = asyncio.create_task(self.chaos(state))
             tasks.append(chaos)
+            node_chaos: asyncio.Task[None] | None = None
+            if isinstance(self.broker, Cluster):
+                node_chaos = asyncio.create_task(self.node_chaos(self.broker, state))
+                tasks.append(node_chaos)
             await sender
             self.result.accepted = state.accepted
             self.result.posted_twice = sum(1 for i in twice if state.ok_posts[i] >= 2)
             self.result.post_answers = dict(sorted(state.attempts.items()))
+            self.result.refused_503 = len(state.refused_at)
             retries = sum(state.attempts.values()) - sum(state.ok_posts.values())
             self.say(
                 f"sender done: {state.accepted} of {len(bodies)} webhooks accepted, "
@@ -455,6 +531,9 @@ class ModeRun:
                 f"(answers: {self.result.post_answers})"
             )
             await chaos
+            if node_chaos is not None:
+                await node_chaos
+                self.measure_stalls(state)
 
             progress = await self.wait_caught_up()
             self.result.caught_up = progress.caught_up
@@ -572,11 +651,13 @@ class ModeRun:
     # -- the chaos
 
     async def chaos(self, state: SendState) -> None:
+        # On a cluster the node kills (node_chaos) replace the broker's.
+        broker_step = [(0.55, self.kill_and_restart_the_broker)] if self.args.nodes == 1 else []
         steps: list[tuple[float, Callable[[str], Awaitable[None]]]] = [
             (0.15, self.kill_and_replace_the_consumer),
             (0.30, self.scale_up),
             (0.45, self.kill_and_replace_one),
-            (0.55, self.kill_and_restart_the_broker),
+            *broker_step,
             (0.75, self.scale_down),
             (0.85, self.kill_and_replace_the_consumer),
         ]
@@ -609,6 +690,7 @@ class ModeRun:
         self.action(f"{at}: {killed} (one of {len(live)}); started {self.start_consumer().name}")
 
     async def kill_and_restart_the_broker(self, at: str) -> None:
+        assert isinstance(self.broker, Broker)
         pids = self.broker.sigkill()
         self.action(
             f"{at}: SIGKILL broker (pid {', '.join(map(str, pids)) or 'none found'}); "
@@ -628,6 +710,118 @@ class ModeRun:
             child.send(signal.SIGTERM)
         names = ", ".join(f"{c.name} (pid {c.pid})" for c in stopping) or "nothing"
         self.action(f"{at}: scale {len(live)} -> {len(live) - len(stopping)}: SIGTERM {names}")
+
+    # -- node kills (--nodes 3)
+
+    async def node_chaos(self, cluster: Cluster, state: SendState) -> None:
+        """One node at a time, at NODE_KILL_AT of the webhooks accepted: SIGKILL it, start it again
+        NODE_DOWN_S later, wait until it is back in the ISR of every raw partition. The victims:
+        the leader of raw partition 0, the group's coordinator, then (exactly-once) the transaction
+        coordinator of a consumer's transactional id or (at-least-once) a node not killed yet.
+        Unlike the consumer steps these are done even when sending ended first (said so)."""
+        roles = ("leader", "group", "transactions" if self.mode == "exactly-once" else "another")
+        victims: list[int] = []
+        for number, (threshold, role) in enumerate(zip(NODE_KILL_AT, roles, strict=True), start=1):
+            while state.progress < threshold and not state.done:
+                if time.monotonic() > self.deadline:
+                    self.say(f"node kills stopped before kill {number} (timeout)")
+                    return
+                await asyncio.sleep(0.1)
+            at = (
+                "after sending ended"
+                if state.done
+                else f"{state.progress:.0%} accepted ({state.accepted}/{state.total})"
+            )
+            node, why = await self.pick_node(cluster, role, victims)
+            await self.kill_and_restart_node(cluster, number, node, why, at)
+            victims.append(node)
+
+    async def pick_node(self, cluster: Cluster, role: str, victims: list[int]) -> tuple[int, str]:
+        """The node to kill for `role`, and the role as the action line states it."""
+        bootstrap, raw = cluster.bootstrap, TOPICS["raw"]
+        others = [n for n in ALL_NODES if n not in victims]
+        try:
+            if role == "leader":
+                node = await partition_leader(bootstrap, raw, 0)
+                if node < 1:
+                    raise LookupError(f"{raw}-0 has no leader")
+                return node, f"leader of {raw}-0"
+            if role == "group":
+                node = await group_coordinator(bootstrap, self.group_id, timeout=15)
+                again = f"; it was killed before (kill {victims.index(node) + 1})" if node in victims else ""
+                return node, f"coordinator of group {self.group_id}{again}"
+            if role == "transactions":
+                # The consumer that owns raw partition p runs the transactional producer of p.
+                ids = [f"{self.group_id}.{raw}.{p}" for p in range(self.args.partitions)]
+                coordinators = [await transaction_coordinator(bootstrap, t, timeout=15) for t in ids]
+                first = f"transaction coordinator of {ids[0]}"
+                if coordinators[0] not in victims:
+                    return coordinators[0], first
+                fresh = [(t, n) for t, n in zip(ids, coordinators, strict=True) if n not in victims]
+                if fresh:
+                    txn_id, node = fresh[0]
+                    return node, (
+                        f"transaction coordinator of {txn_id} (that of {ids[0]} is node "
+                        f"{coordinators[0]}, killed before)"
+                    )
+                node = self.rng.choice(others or ALL_NODES)
+                return node, (
+                    f"not a transaction coordinator: every transactional id's coordinator "
+                    f"(nodes {sorted(set(coordinators))}) was killed before, so another node"
+                )
+        except Exception as exc:  # a lookup right after chaos may fail: kill some node anyway
+            node = self.rng.choice(others or ALL_NODES)
+            return (
+                node,
+                f"a node not killed yet; looking up the {role} node failed ({type(exc).__name__}: {exc})",
+            )
+        node = self.rng.choice(others or ALL_NODES)
+        return node, "a node not killed yet"
+
+    async def kill_and_restart_node(
+        self, cluster: Cluster, number: int, node: int, why: str, at: str
+    ) -> None:
+        now = time.monotonic
+        try:
+            controller = LocalCluster(cluster.port, cluster.data_dir).active_controller()
+        except OSError:
+            controller = None
+        role = why + ("; also the active controller" if controller == node else "")
+        await cluster.kill_node(node)
+        killed = now()
+        kill = NodeKill(node, role, at, killed_s=killed - self.started)
+        self.action(
+            f"{at}: node kill {number}/{len(NODE_KILL_AT)}: SIGKILL node {node} ({role}); "
+            f"start-node in {NODE_DOWN_S:.0f} s"
+        )
+        await asyncio.sleep(NODE_DOWN_S)
+        kill.start_node_seconds = await cluster.start_node(node, timeout=max(30.0, self.deadline - now()))
+        kill.started_s = now() - self.started
+        waited = await wait_in_sync(
+            cluster.bootstrap, [TOPICS["raw"]], CLUSTER_NODES, timeout=max(30.0, self.deadline - now())
+        )
+        kill.back_in_isr_s = now() - self.started
+        self.result.node_kills.append(kill)
+        self.action(
+            f"node {node} started again (start-node took {kill.start_node_seconds:.1f} s), back in the "
+            f"ISR of every {TOPICS['raw']} partition {waited:.1f} s later, "
+            f"{kill.back_in_isr_s - kill.killed_s:.1f} s after the kill"
+        )
+
+    def measure_stalls(self, state: SendState) -> None:
+        """Per node kill: the longest a POST waited past the kill for its 2xx, and the 503s."""
+        for kill in self.result.node_kills:
+            began, ended = self.started + kill.killed_s, self.started + kill.back_in_isr_s
+            waits = sorted(
+                (end - max(start, began), start - began, tries)
+                for start, end, tries in state.chains
+                if end > began and start < ended
+            )
+            kill.accepted_in_window = len(waits)
+            if waits:
+                kill.write_stall_s, offset, tries = waits[-1]
+                kill.write_stall_post = f"began {offset:+.1f} s from the kill, {tries} tries"
+            kill.refused_503 = sum(1 for t in state.refused_at if began <= t < ended)
 
 
 # --- the whole run -----------------------------------------------------------------------------------
@@ -653,7 +847,7 @@ def code_version() -> str:
 
 
 def table(results: Sequence[ModeResult]) -> str:
-    head = (
+    head: tuple[str, ...] = (
         "mode",
         "accepted",
         "twice",
@@ -665,6 +859,9 @@ def table(results: Sequence[ModeResult]) -> str:
         "s",
         "result",
     )
+    cluster = any(r.nodes > 1 for r in results)
+    if cluster:
+        head = (*head[:-2], "503", "stalls s", *head[-2:])
     rows = [
         (
             r.mode,
@@ -675,6 +872,11 @@ def table(results: Sequence[ModeResult]) -> str:
             str(r.lost),
             str(r.duplicates),
             str(r.unexpected),
+            *(
+                (str(r.refused_503), "/".join(stall_text(k.write_stall_s) for k in r.node_kills) or "-")
+                if cluster
+                else ()
+            ),
             f"{r.seconds:.0f}",
             "ok" if r.passed else ("FAIL" if r.complete else "INCOMPLETE"),
         )
@@ -728,6 +930,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rate", type=float, default=50.0, help="new webhooks posted per second (default 50)"
     )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        choices=(1, CLUSTER_NODES),
+        default=1,
+        help="1: one broker, SIGKILLed once (default); 3: a three-node cluster per mode, each node "
+        "SIGKILLed and restarted in turn (leader, group coordinator, transaction coordinator)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory even after a pass")
     args = parser.parse_args(argv)
@@ -750,6 +960,7 @@ async def run_all(
         f"chaos: {args.webhooks} webhooks ({len(twice)} posted twice, "
         f"{sum(map(len, bodies)) / len(bodies):.0f} bytes on average), {args.partitions} partitions, "
         f"{args.rate:g} webhooks/s, seed {args.seed}, "
+        f"{'one broker' if args.nodes == 1 else f'{args.nodes}-node cluster'}, "
         f"modes {', '.join(args.modes)}; logs and broker data in {base_dir}",
         file=out,
         flush=True,
@@ -762,6 +973,16 @@ async def run_all(
         result = await run.run(bodies, posts, twice)
         results.append(result)
         print(result.line(), file=out, flush=True)
+        for number, kill in enumerate(result.node_kills, start=1):
+            print(
+                f"  node kill {number}: node {kill.node} ({kill.role}) at {kill.killed_s:.1f} s: write stall "
+                f"{stall_text(kill.write_stall_s)} s ({kill.write_stall_post or 'no POST'}), "
+                f"{kill.refused_503} answers 503, "
+                f"{kill.accepted_in_window} POSTs accepted until it was back in the ISR "
+                f"({kill.back_in_isr_s - kill.killed_s:.1f} s after the kill)",
+                file=out,
+                flush=True,
+            )
         logs = result.consumer_logs
         lines = "; ".join(
             f"{family} {', '.join(f'{n} {level}' for level, n in sorted(counts.items()))}"
