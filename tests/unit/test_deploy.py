@@ -750,6 +750,7 @@ def test_operations_md_tells_the_operators_story_then_deployment_and_the_runbook
     assert sections == [
         "## The operator's story: an event the consumer did not know yet",
         "## Topics",
+        "## On a replicated cluster: the settings the guarantees need",
         "## Deployment",
         "## Alerts runbook",
     ]
