@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/chaos.py                      # both modes, 6000 webhooks each
     .venv/bin/python bench/chaos.py --webhooks 5000 --modes exactly-once --json
+    .venv/bin/python bench/chaos.py --nodes 3            # on a three-node cluster (docs/cluster.md)
 
 For each processing guarantee (CONSUMER_PROCESSING_GUARANTEE; by default `exactly-once`, then
 `at-least-once`), from scratch:
@@ -24,26 +25,45 @@ For each processing guarantee (CONSUMER_PROCESSING_GUARANTEE; by default `exactl
    30% scale the group 1 -> 3; 45% SIGKILL one of the three and start a replacement; 55% SIGKILL
    the broker and restart it (same port, same data) 3 s later; 75% scale 3 -> 1 by SIGTERM of two;
    85% SIGKILL the last consumer and start a new one. One line per action, with the elapsed time.
+   With --nodes 3 (docs/cluster.md, "Chaos on the cluster") step 1 is a fresh three-node cluster
+   (`kafka-local start --nodes 3` on three free consecutive ports), create-topics picks replication
+   factor 3 and min.insync.replicas 2 there (both checked), and the broker kill is replaced by three
+   node kills, one at a time, at 5%, 35% and 65% accepted (done even when sending ended first):
+   the leader of raw partition 0, the group's coordinator, then in exactly-once mode the
+   transaction coordinator of a consumer's transactional id (`{group}.{raw topic}.{p}`; another
+   partition's, or another node, when that node was killed before, said in the action line) and in
+   at-least-once mode a node not killed yet. Each is `stop-node N --kill`, then, once the controller
+   has fenced it and at least 3 s later, `start-node N` and a wait until every raw partition has
+   all three replicas in sync again. The consumer steps go on meanwhile.
 5. after the last accepted webhook: wait until the group has committed every raw partition up to
    its end offset, then read the derived topics from the beginning with read_committed (no group)
    and compare their ce_ids with those the accepted bodies lead to (the project's own pure planning:
-   `consumer.plan.plan_batch` with `handlers.build_routing_table`).
+   `consumer.plan.plan_batch` with `handlers.build_routing_table`). On a cluster, first wait until
+   every partition of every topic has its three replicas in sync.
 
 Prints one summary line per mode, e.g.
 `exactly-once: accepted 6000 webhooks (300 posted twice), 9000 expected events, lost 0, duplicates 0,
 unexpected 0, 183 s`, where lost = expected ce_ids never seen, duplicates = records beyond the first
 per ce_id, unexpected = ce_ids seen but not expected; then a table of the modes. --json prints the
-results as one JSON document on stdout (the human-readable lines then go to stderr).
+results as one JSON document on stdout (the human-readable lines then go to stderr). With
+--nodes 3 the line adds the number of 503 answers and, per node kill, the write stall as the
+sender sees it (the longest a POST in flight at the kill, or begun before `start-node`, waited past
+the kill for its 2xx, retries included); a line per node kill follows, and --json has them under
+`node_kills` (fenced, restart and back-in-ISR times, 503s, the slowest POST during the restart).
 
 Exit status 0 when exactly-once lost nothing and duplicated nothing, and at-least-once lost nothing
 (each mode run completely: every webhook accepted and the group caught up); 1 otherwise; 130 when
-interrupted. Every process it started (broker, ingress, consumers) is killed at the end of each
-mode, on errors and on Ctrl-C too. The temporary directory (logs, broker data) is removed after a
-passing run and kept (path printed) after a failing one, or always with --keep.
+interrupted; with --nodes 3 a mode is complete only after its three node kills. Every process it
+started (broker or all three nodes, any kafka-local command still running, ingress, consumers) is
+killed at the end of each mode, on errors, on SIGTERM and on Ctrl-C too. The temporary directory
+(logs, broker data) is removed after a passing run and kept (path printed) after a failing one, or
+always with --keep.
 
 Time: about 3 minutes per mode with the defaults (6000 webhooks at 50/s = 2 min of sending, ~15 s
 of start-up, a few seconds to catch up), so 6-7 minutes for both, on our 2-core machine. Each mode
 is bounded by --timeout-seconds (default 900), plus at most 90 s to read the output topics.
+With --nodes 3, add about 20 s per mode for the cluster's start; tests/cluster/test_chaos_on_cluster.py
+runs `--nodes 3 --webhooks 1200 --rate 40 --partitions 3` in both modes in about 3-4 minutes.
 Loopback only. Needs Java 17+ and the jars of scripts/kafka-local (fetched once with Maven).
 """
 
@@ -558,15 +578,19 @@ class ModeRun:
             progress = await self.wait_caught_up()
             self.result.caught_up = progress.caught_up
             self.result.raw_records = progress.total
+            # Every topic the planning sends our bodies to (a handler added since is read too).
+            planned = expected_outputs([bodies[i] for i in sorted(state.ok_posts)], TOPICS["raw"])
+            others = {TOPICS["dlq"], TOPICS["unrouted"]}
+            derived = sorted({TOPICS[t] for t in DERIVED} | {r.topic for r in planned} - others)
             read = await read_outputs(
                 self.broker.bootstrap,
-                [TOPICS[t] for t in DERIVED],
+                derived,
                 [TOPICS["dlq"], TOPICS["unrouted"]],
                 self.args.partitions,
                 READ_TIMEOUT_S,
             )
             self.tally(bodies, state, read.ce_ids)
-            self.result.records_seen = sum(read.records[TOPICS[t]] for t in DERIVED)
+            self.result.records_seen = sum(read.records[t] for t in derived)
             self.result.dead_lettered = read.records[TOPICS["dlq"]]
             self.result.unrouted = read.records[TOPICS["unrouted"]]
             self.result.without_ce_id = read.without_ce_id
