@@ -6,6 +6,7 @@
     exam-events replay --from TOPIC ...  copy dead-letter/unrouted records back to the raw topic
     exam-events tail TOPIC               print derived events readably
     exam-events lag                      the consumer group's lag per partition
+    exam-events lrs-forward              forward xAPI statements to an LRS (as `python -m lrs_forward`)
 
 Settings come from the environment, as for the processes (KAFKA_*, CONSUMER_*, INGRESS_*); an
 invalid one ends the command with one line and exit status 2. A failure ends it with one line on
@@ -43,6 +44,12 @@ def _run_consumer(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_lrs_forward(_args: argparse.Namespace) -> int:
+    from lrs_forward.__main__ import main as lrs_forward_main
+
+    return lrs_forward_main()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -63,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         "/healthz, /readyz, /metrics and /asyncapi on CONSUMER_HTTP_PORT. Settings: docs/consumer.md.",
     )
     consumer.set_defaults(process=_run_consumer)
+    lrs_forward = commands.add_parser(
+        "lrs-forward",
+        help="forward xAPI statements to an LRS (settings: LRS_*, KAFKA_*; see docs/lrs-forward.md)",
+        description="Consume LRS_STATEMENTS_TOPIC and POST the statements in batches to "
+        "{LRS_URL}/xAPI/statements, committing only what the LRS took; refused statements go to "
+        "LRS_DLQ_TOPIC. /healthz, /readyz, /metrics on LRS_HTTP_PORT. Runs until SIGTERM or SIGINT. "
+        "Settings: docs/lrs-forward.md.",
+    )
+    lrs_forward.set_defaults(process=_run_lrs_forward)
     for module in (topics, replay, tail, lag):
         module.add_parser(commands)
     return parser
