@@ -50,6 +50,7 @@ from consumer.settings import ConsumerSettings
 from consumer.topics import TopicsNotReady, check_topics
 from consumer.transactions import PartitionTransactions
 from handlers import build_routing_table
+from handlers.settings import PLACEHOLDER_HOME_PAGE
 from schemas.derived import (
     AttemptCompleted,
     AttemptSubmitted,
@@ -63,6 +64,7 @@ from schemas.derived import (
 )
 from schemas.platform import AttemptOverrideCreated, AttemptReported, UserRegisteredForExam
 from schemas.webhook import ExamResultsReleased
+from schemas.xapi import ExamResultStatement
 
 log = structlog.get_logger("consumer")
 
@@ -272,6 +274,11 @@ def create_app(
         if not settings.exactly_once:
             await at_least_once_sender.start()
         log.info("consumer_starting", processing_guarantee=settings.processing_guarantee)
+        if settings.rules.xapi_account_home_page == PLACEHOLDER_HOME_PAGE:
+            log.warning(
+                "xapi_home_page_unset",
+                hint="set XAPI_ACCOUNT_HOME_PAGE to the platform's URL: statements name learners by it",
+            )
 
     return ConsumerApp(
         broker,
@@ -353,6 +360,12 @@ def _document_outputs(broker: KafkaBroker, settings: ConsumerSettings) -> None:
             settings.registrations_topic,
             "exam.registration.created (CloudEvents binary mode, key user.id)",
             RegistrationCreated,
+        ),
+        (
+            settings.xapi_topic,
+            "xAPI 1.0.3 statements of exam results (ce_type exam.xapi.statement; the value is the "
+            "statement; key user.id); docs/xapi.md maps each field",
+            ExamResultStatement,
         ),
         (
             settings.dlq_topic,

@@ -40,6 +40,13 @@ class ConsumerSettings(BaseSettings):
     registrations_topic: str = Field(
         "exam.registrations", min_length=1, description="Topic of `exam.registration.created` events."
     )
+    xapi_topic: str = Field(
+        "exam.xapi.statements",
+        min_length=1,
+        description="Topic of the xAPI 1.0.3 statements of exam results (one per exam.result.passed or "
+        "exam.result.failed; value the statement, key user.id), which `exam-events lrs-forward` sends "
+        "to an LRS.",
+    )
     dlq_topic: str = Field(
         "exam.webhooks.dlq", min_length=1, description="Dead-letter topic: not JSON, or invalid known event."
     )
@@ -134,6 +141,7 @@ class ConsumerSettings(BaseSettings):
             self.overrides_topic,
             self.attempts_topic,
             self.registrations_topic,
+            self.xapi_topic,
             self.dlq_topic,
             self.unrouted_topic,
         }
@@ -214,4 +222,5 @@ class ConsumerSettings(BaseSettings):
             "exam.attempt.submitted": self.attempts_topic,
             "exam.attempt.completed": self.attempts_topic,
             "exam.registration.created": self.registrations_topic,
+            "exam.xapi.statement": self.xapi_topic,
         }

@@ -1,4 +1,5 @@
-"""Exam Results Released: pass/fail and resit events, by the rules in README "Derived events"."""
+"""Exam Results Released: pass/fail and resit events, by the rules in README "Derived events", and
+the result's xAPI statement."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from handlers.event_ids import event_id
 from handlers.routing import HandlerOutput, SourceRecord
 from handlers.settings import RulesSettings
+from handlers.xapi import result_statement
 from schemas.cloudevents import DerivedEvent
 from schemas.derived import (
     ExamFailed,
@@ -37,7 +39,12 @@ def derive_result_events(
         data.append(ResitAvailable.model_validate(context | resits))
     elif not passed:
         data.append(ResitExhausted.model_validate(context | {"max_resits": rules.max_resits}))
-    return HandlerOutput(events=tuple(_cloud_event(webhook, item, rules) for item in data))
+    events = [_cloud_event(webhook, item, rules) for item in data]
+    # The passed or failed event (always the first) is also said in xAPI, for learning-record stores.
+    statement = result_statement(
+        events[0], time_spent_ms=webhook.time_spent_in_ms, home_page=rules.xapi_account_home_page
+    )
+    return HandlerOutput(events=(*events, statement))
 
 
 def _result_context(webhook: ExamResultsReleased, source: SourceRecord) -> dict[str, Any]:

@@ -7,6 +7,9 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# A reserved name (RFC 2606) that no real platform has: statements made with it identify nobody.
+PLACEHOLDER_HOME_PAGE = "https://exam-platform.invalid"
+
 
 class RulesSettings(BaseSettings):
     """Rules for deriving events (environment variables without prefix, e.g. `MAX_RESITS`)."""
@@ -21,6 +24,13 @@ class RulesSettings(BaseSettings):
     ce_source: str = Field(
         "urn:exam-events",
         description="Prefix of the CloudEvents source; the portal id is appended (`<prefix>:portal:<id>`).",
+    )
+    xapi_account_home_page: str = Field(
+        PLACEHOLDER_HOME_PAGE,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="xAPI statements: the exam platform's home page, the `homePage` of each learner's "
+        "account (with the user id as `name`) and the base of the exams' activity IRIs "
+        "(`<homePage>/exams/<exam id>`). Set it: the default is a reserved `.invalid` name.",
     )
 
     @field_validator("results_released_event_names", mode="before")

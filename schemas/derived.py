@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from schemas.webhook import Number
+from schemas.xapi import ExamResultStatement
 
 
 class EventData(BaseModel):
@@ -285,7 +286,8 @@ class RegistrationCreated(EventData):
     source: SourceCoordinates = Field(description="Where the source webhook lies on the raw topic.")
 
 
-DERIVED_EVENT_MODELS: tuple[type[EventData], ...] = (
+# Every event type the consumer publishes (the xAPI statement's data is no EventData: xAPI names it).
+DERIVED_EVENT_MODELS: tuple[type[EventData | ExamResultStatement], ...] = (
     ExamPassed,
     ExamFailed,
     ResitAvailable,
@@ -295,4 +297,5 @@ DERIVED_EVENT_MODELS: tuple[type[EventData], ...] = (
     AttemptSubmitted,
     AttemptCompleted,
     RegistrationCreated,
+    ExamResultStatement,
 )

@@ -115,7 +115,7 @@ async def test_a_webhook_posted_twice_publishes_its_events_once_and_a_re_release
     expected = expected_ids([first, re_release])
     records = await read_derived(kafka_bootstrap, topics, count=sum(expected.values()))
     assert ce_ids(records) == expected
-    assert len(expected) == 4  # failed + resit available, for each release
+    assert len(expected) == 6  # failed, resit available and the xAPI statement, for each release
     assert suppressed == 2  # the second and third copy of the first release
 
 

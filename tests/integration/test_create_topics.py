@@ -21,6 +21,7 @@ TOPIC_SETTINGS = (
     "OVERRIDES",
     "ATTEMPTS",
     "REGISTRATIONS",
+    "XAPI",
     "DLQ",
     "UNROUTED",
     "DEDUP",

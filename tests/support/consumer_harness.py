@@ -44,6 +44,7 @@ class ConsumerTopics:
     overrides: str
     attempts: str
     registrations: str
+    xapi: str
 
     @property
     def outputs(self) -> list[str]:
@@ -54,6 +55,7 @@ class ConsumerTopics:
             self.overrides,
             self.attempts,
             self.registrations,
+            self.xapi,
             self.dlq,
             self.unrouted,
         ]
@@ -71,13 +73,14 @@ class ConsumerTopics:
             "CONSUMER_OVERRIDES_TOPIC": self.overrides,
             "CONSUMER_ATTEMPTS_TOPIC": self.attempts,
             "CONSUMER_REGISTRATIONS_TOPIC": self.registrations,
+            "CONSUMER_XAPI_TOPIC": self.xapi,
         }
 
 
 async def make_consumer_topics(
     bootstrap: str, unique_name: Callable[[str], str], raw_partitions: int = 3
 ) -> ConsumerTopics:
-    """Create a raw topic with `raw_partitions` partitions, the eight output topics (3 partitions) and
+    """Create a raw topic with `raw_partitions` partitions, the nine output topics (3 partitions) and
     the dedup changelog (as many partitions as the raw topic)."""
     topics = ConsumerTopics(
         raw=unique_name("raw"),
@@ -90,6 +93,7 @@ async def make_consumer_topics(
         overrides=unique_name("overrides"),
         attempts=unique_name("attempts"),
         registrations=unique_name("registrations"),
+        xapi=unique_name("xapi"),
     )
     await create_topics(bootstrap, [topics.raw, topics.dedup], raw_partitions)
     await create_topics(bootstrap, topics.outputs, 3)
@@ -111,6 +115,7 @@ def consumer_settings(
         "overrides_topic": topics.overrides,
         "attempts_topic": topics.attempts,
         "registrations_topic": topics.registrations,
+        "xapi_topic": topics.xapi,
         "group_id": group_id,
         "http_port": free_port(),
         "retry_backoff_initial_seconds": 0.05,
@@ -210,12 +215,13 @@ async def read_derived(
     timeout: float = 60.0,
     isolation_level: str = "read_committed",
 ) -> list[Record]:
-    """Read `count` records from the three derived topics together (fails if fewer arrive in time)."""
+    """Read `count` records from the topics of the results' derived events together: passed, failed,
+    resits and the xAPI statements (fails if fewer arrive in time)."""
     deadline = time.monotonic() + timeout
     while True:
         records = [
             r
-            for topic in (topics.passed, topics.failed, topics.resits)
+            for topic in (topics.passed, topics.failed, topics.resits, topics.xapi)
             for r in await read_records(
                 bootstrap, topic, idle=0.3, timeout=10, isolation_level=isolation_level
             )

@@ -88,6 +88,7 @@ async def test_the_asyncapi_page_and_document_describe_the_consumer_channels(app
         "exam.resits",
         "exam.results.overrides",
         "exam.attempts",
+        "exam.xapi.statements",
         "exam.registrations",
         "exam.webhooks.dlq",
         "exam.webhooks.unrouted",

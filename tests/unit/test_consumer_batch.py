@@ -111,9 +111,9 @@ async def test_a_batch_is_committed_once_after_every_output_is_acknowledged(metr
 
     await processor(sender, commit, metrics, sleeps).process(batch())
 
-    # 2 failed events + 1 passed + 1 DLQ + 1 unrouted; the revoked attempt emits nothing.
-    assert len(sender.acknowledged) == 5
-    assert commit.calls == [({("exam.webhooks.raw", 0): 5}, 5)]
+    # 2 failed events + 1 passed + 2 xAPI statements + 1 DLQ + 1 unrouted; the revoked attempt emits nothing.
+    assert len(sender.acknowledged) == 7
+    assert commit.calls == [({("exam.webhooks.raw", 0): 5}, 7)]
     assert sleeps == []
     assert sample(metrics, "exam_events_consumer_records_consumed_total") == 5
     assert sample(metrics, "exam_events_consumer_events_emitted_total", type="exam.result.failed") == 1

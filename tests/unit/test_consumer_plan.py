@@ -48,7 +48,8 @@ def test_a_passed_result_goes_to_the_passed_topic_keyed_by_learner_with_cloudeve
 ) -> None:
     result = plan(settings, FakeRecord(sample_body, offset=41))
 
-    (record,) = result.outgoing
+    record, statement = result.outgoing
+    assert statement.topic == "exam.xapi.statements"
     headers = dict(record.headers)
     assert record.topic == "exam.results.passed"
     assert record.key == b"usr_8f2c1a7e"
@@ -65,15 +66,27 @@ def test_a_passed_result_goes_to_the_passed_topic_keyed_by_learner_with_cloudeve
     [
         (
             results_released(passed=False, resit_count=0),
-            [("exam.results.failed", "exam.result.failed"), ("exam.resits", "exam.resit.available")],
+            [
+                ("exam.results.failed", "exam.result.failed"),
+                ("exam.resits", "exam.resit.available"),
+                ("exam.xapi.statements", "exam.xapi.statement"),
+            ],
         ),
         (
             results_released(passed=False, resit_count=2),
-            [("exam.results.failed", "exam.result.failed"), ("exam.resits", "exam.resit.exhausted")],
+            [
+                ("exam.results.failed", "exam.result.failed"),
+                ("exam.resits", "exam.resit.exhausted"),
+                ("exam.xapi.statements", "exam.xapi.statement"),
+            ],
         ),
         (
             results_released(passed=True, resit_count=1),
-            [("exam.results.passed", "exam.result.passed"), ("exam.resits", "exam.resit.passed")],
+            [
+                ("exam.results.passed", "exam.result.passed"),
+                ("exam.resits", "exam.resit.passed"),
+                ("exam.xapi.statements", "exam.xapi.statement"),
+            ],
         ),
     ],
     ids=["failed-with-resits-left", "failed-without-resits", "passed-on-a-resit"],
@@ -87,9 +100,12 @@ def test_each_derived_event_type_goes_to_its_configured_topic(
 
 
 def test_topics_follow_the_settings(sample_body: bytes) -> None:
-    settings = ConsumerSettings(passed_topic="custom.passed", rules=RulesSettings())
+    settings = ConsumerSettings(passed_topic="custom.passed", xapi_topic="custom.xapi", rules=RulesSettings())
 
-    assert [r.topic for r in plan(settings, FakeRecord(sample_body)).outgoing] == ["custom.passed"]
+    assert [r.topic for r in plan(settings, FakeRecord(sample_body)).outgoing] == [
+        "custom.passed",
+        "custom.xapi",
+    ]
 
 
 def test_a_revoked_attempt_emits_nothing_but_is_counted_and_committed(settings: ConsumerSettings) -> None:
@@ -178,8 +194,9 @@ def test_outputs_keep_input_order_and_each_partition_commits_after_its_last_reco
 
     result = plan(settings, *records)
 
-    assert [r.key for r in result.outgoing] == [b"u1", b"u1", b"u1", None]
-    assert [dict(r.headers).get("ce_subject") for r in result.outgoing[:3]] == [b"a1", b"a2", b"a2"]
+    # a1: passed and its statement; a2: failed, resit available and its statement; then the DLQ copy.
+    assert [r.key for r in result.outgoing] == [b"u1"] * 5 + [None]
+    assert [dict(r.headers).get("ce_subject") for r in result.outgoing[:5]] == [b"a1"] * 2 + [b"a2"] * 3
     assert result.next_offsets == {("exam.webhooks.raw", 0): 12, ("exam.webhooks.raw", 1): 5}
     assert len(result.handler_seconds) == 3
 
@@ -218,7 +235,7 @@ def test_when_the_header_and_meta_event_name_disagree_the_body_wins_and_the_conf
 ) -> None:
     result = plan(settings, FakeRecord(sample_body, headers=(("event-name", b"exam.completed"),)))
 
-    assert [r.topic for r in result.outgoing] == ["exam.results.passed"]
+    assert [r.topic for r in result.outgoing] == ["exam.results.passed", "exam.xapi.statements"]
     (outcome,) = result.outcomes
     assert outcome.event_name == "exam.resultsReleased"
     assert outcome.conflicting_event_name == "exam.completed"

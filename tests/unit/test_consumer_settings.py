@@ -42,6 +42,7 @@ def test_defaults_match_the_issue() -> None:
         "exam.attempt.submitted": "exam.attempts",
         "exam.attempt.completed": "exam.attempts",
         "exam.registration.created": "exam.registrations",
+        "exam.xapi.statement": "exam.xapi.statements",
     }
 
 

@@ -15,6 +15,7 @@ ALL = {
     "exam.results.overrides",
     "exam.attempts",
     "exam.registrations",
+    "exam.xapi.statements",
     "exam.webhooks.dlq",
     "exam.webhooks.unrouted",
     "exam.events.dedup",

@@ -55,7 +55,8 @@ def test_derived_events_carry_the_raw_records_trace_in_traceparent_and_ce_tracep
     (consume,) = memory_tracing.spans("consume")
     (derive,) = memory_tracing.spans("derive")
     publishes = memory_tracing.spans("publish")
-    assert len(outgoing) == len(publishes) == 2  # exam.result.failed and exam.resit.available
+    # exam.result.failed, exam.resit.available and the result's xAPI statement
+    assert len(outgoing) == len(publishes) == 3
     assert consume.parent is not None
     assert f"{consume.parent.span_id:016x}" == PARENT_ID
     assert {trace_id(span) for span in [consume, derive, *publishes]} == {TRACE_ID}
@@ -86,7 +87,7 @@ def test_the_spans_use_the_messaging_conventions_and_carry_no_personal_data(
     plan.trace.finish()
 
     (consume,) = memory_tracing.spans("consume")
-    (publish,) = memory_tracing.spans("publish")
+    publish, _statement = memory_tracing.spans("publish")  # exam.result.passed, its xAPI statement
     (commit,) = memory_tracing.spans("commit")
     assert (consume.kind, publish.kind) == (SpanKind.CONSUMER, SpanKind.PRODUCER)
     assert consume.attributes is not None
@@ -101,7 +102,7 @@ def test_the_spans_use_the_messaging_conventions_and_carry_no_personal_data(
         "messaging.message.body.size": 0,
         "exam_events.outcome": "emitted",
         "exam_events.event_name": "exam.resultsReleased",
-        "exam_events.events": 1,
+        "exam_events.events": 2,  # exam.result.passed and its xAPI statement
     }
     # The commit span (a trace of its own) links to the consume span of every record it commits.
     assert [link.context.span_id for link in commit.links] == [consume.context.span_id]
@@ -139,7 +140,7 @@ def test_a_record_without_traceparent_starts_a_trace_of_its_own(memory_tracing: 
         FakeRecord(encode(results_released(user_id="u1")), offset=0),
         FakeRecord(encode(results_released(user_id="u2")), offset=1),
     )
-    first, second = plan.trace.start_publish(plan.outgoing)
+    first, _, second, _ = plan.trace.start_publish(plan.outgoing)  # each passed event, then its statement
     plan.trace.finish()
 
     consumes = memory_tracing.spans("consume")
@@ -175,9 +176,10 @@ async def test_at_least_once_publish_spans_last_until_acknowledged_and_retries_k
 
     await work.process([FakeRecord(encode(results_released(passed=True)), headers=INBOUND)])
 
-    first_attempt, second_attempt = sender.attempts
-    assert first_attempt.headers == second_attempt.headers  # the retry re-sends the same traceparent
-    (publish,) = memory_tracing.spans("publish")
+    # exam.result.passed and its xAPI statement, sent twice: the retry re-sends the same traceparents.
+    first_attempt, _, second_attempt, _ = sender.attempts
+    assert first_attempt.headers == second_attempt.headers
+    publish, _statement = memory_tracing.spans("publish")
     (consume,) = memory_tracing.spans("consume")
     (commit,) = memory_tracing.spans("commit")
     assert dict(second_attempt.headers)[TRACEPARENT] == f"00-{TRACE_ID}-{span_id(publish)}-01".encode()

@@ -13,6 +13,7 @@ from schemas.cloudevents import DerivedEvent
 from tests.support.webhooks import encode, results_released
 
 SOURCE = SourceRecord(topic="exam.webhooks.raw", partition=2, offset=41)
+STATEMENT = "exam.xapi.statement"
 
 
 def derive(body: dict[str, Any], rules: RulesSettings | None = None) -> Handled:
@@ -25,6 +26,13 @@ def types_of(body: dict[str, Any], rules: RulesSettings | None = None) -> list[s
     return [event.type for event in derive(body, rules).output.events]
 
 
+def result_events(body: dict[str, Any], rules: RulesSettings | None = None) -> list[DerivedEvent]:
+    """The derived events, without the result's xAPI statement (tests/unit/test_xapi_statements.py)."""
+    events = derive(body, rules).output.events
+    assert events[-1].type == STATEMENT
+    return list(events[:-1])
+
+
 def data_of(event: DerivedEvent) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(event.value())
     return data
@@ -33,13 +41,13 @@ def data_of(event: DerivedEvent) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("passed", "resit_count", "expected"),
     [
-        (True, 0, ["exam.result.passed"]),
-        (True, 1, ["exam.result.passed", "exam.resit.passed"]),
-        (True, 5, ["exam.result.passed", "exam.resit.passed"]),
-        (False, 0, ["exam.result.failed", "exam.resit.available"]),
-        (False, 1, ["exam.result.failed", "exam.resit.available"]),
-        (False, 2, ["exam.result.failed", "exam.resit.exhausted"]),
-        (False, 3, ["exam.result.failed", "exam.resit.exhausted"]),
+        (True, 0, ["exam.result.passed", STATEMENT]),
+        (True, 1, ["exam.result.passed", "exam.resit.passed", STATEMENT]),
+        (True, 5, ["exam.result.passed", "exam.resit.passed", STATEMENT]),
+        (False, 0, ["exam.result.failed", "exam.resit.available", STATEMENT]),
+        (False, 1, ["exam.result.failed", "exam.resit.available", STATEMENT]),
+        (False, 2, ["exam.result.failed", "exam.resit.exhausted", STATEMENT]),
+        (False, 3, ["exam.result.failed", "exam.resit.exhausted", STATEMENT]),
     ],
 )
 def test_a_release_derives_the_events_of_its_row_in_the_rules_table(
@@ -57,9 +65,9 @@ def test_a_revoked_attempt_derives_nothing_and_says_it_was_revoked(passed: bool)
 
 def test_max_resits_is_a_setting() -> None:
     generous = RulesSettings(max_resits=5)
-    assert types_of(results_released(passed=False, resit_count=3), generous)[-1] == "exam.resit.available"
+    assert types_of(results_released(passed=False, resit_count=3), generous)[1] == "exam.resit.available"
     strict = RulesSettings(max_resits=0)
-    assert types_of(results_released(passed=False, resit_count=0), strict)[-1] == "exam.resit.exhausted"
+    assert types_of(results_released(passed=False, resit_count=0), strict)[1] == "exam.resit.exhausted"
 
 
 def test_resit_available_says_how_many_resits_remain() -> None:
@@ -69,7 +77,7 @@ def test_resit_available_says_how_many_resits_remain() -> None:
 
 
 def test_a_withheld_grade_still_emits_events_without_grade_or_score() -> None:
-    events = derive(results_released(passed=False, publish_grade=False)).output.events
+    events = result_events(results_released(passed=False, publish_grade=False))
     assert [e.type for e in events] == ["exam.result.failed", "exam.resit.available"]
     for event in events:
         data = data_of(event)
@@ -83,7 +91,7 @@ def test_a_withheld_grade_still_emits_events_without_grade_or_score() -> None:
 
 
 def test_a_published_grade_carries_label_score_and_min_score() -> None:
-    (event,) = derive(results_released()).output.events
+    (event,) = result_events(results_released())
     data = data_of(event)
     assert data["gradeWithheld"] is False
     assert data["grade"] == {"label": "Merit", "minScore": 70}
@@ -99,7 +107,7 @@ def test_a_published_grade_carries_label_score_and_min_score() -> None:
 
 
 def test_the_data_carries_what_downstream_services_need() -> None:
-    (event,) = derive(results_released()).output.events
+    (event,) = result_events(results_released())
     data = data_of(event)
     assert data["learner"] == {
         "id": "usr_8f2c1a7e",
@@ -123,7 +131,7 @@ def test_the_data_carries_what_downstream_services_need() -> None:
 
 
 def test_cloudevent_attributes_come_from_the_webhook() -> None:
-    (event,) = derive(results_released(user_id="usr_1", attempt_id="att_9")).output.events
+    (event,) = result_events(results_released(user_id="usr_1", attempt_id="att_9"))
     assert event.key == "usr_1"
     assert event.subject == "att_9"
     assert event.time == "2026-06-14T09:30:00.000Z"
@@ -155,4 +163,4 @@ def test_a_re_release_of_the_same_attempt_gives_new_ids() -> None:
 
 def test_events_of_one_webhook_have_distinct_ids() -> None:
     events = derive(results_released(passed=False)).output.events
-    assert len({e.id for e in events}) == len(events) == 2
+    assert len({e.id for e in events}) == len(events) == 3  # failed, resit available, the statement
