@@ -7,12 +7,24 @@ A metadata request from a producer may auto-create a missing topic with the brok
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
 
+import structlog
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from common.topics import MAX_MESSAGE_BYTES, describe_max_message_bytes
 from consumer.settings import ConsumerSettings
+
+log = structlog.get_logger("consumer")
+
+# How long the start-up check keeps asking while the cluster cannot answer (a node restarting, a
+# leader election): long enough for a node failure on a replicated cluster, short enough that a
+# wrong bootstrap address still ends the process within a minute.
+STARTUP_RETRY_SECONDS = 60.0
+RETRY_BACKOFF_MAX_SECONDS = 5.0
 
 
 class TopicsNotReady(Exception):
@@ -50,9 +62,39 @@ def problems(
     return found
 
 
-async def check_topics(settings: ConsumerSettings, timeout_ms: int = 10_000) -> None:
+async def check_topics(
+    settings: ConsumerSettings,
+    timeout_ms: int = 10_000,
+    *,
+    retry_for_seconds: float = STARTUP_RETRY_SECONDS,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
     """Raise TopicsNotReady when a topic is missing, the DLQ/unrouted topic is smaller than the raw one,
-    or (exactly-once) the dedup changelog has fewer partitions than the raw topic."""
+    or (exactly-once) the dedup changelog has fewer partitions than the raw topic.
+
+    While the cluster cannot answer (a retriable Kafka error: a node down, no leader yet) the check
+    is asked again with backoff, for at most `retry_for_seconds`; then the error is raised.
+    """
+    deadline = time.monotonic() + retry_for_seconds
+    delay = 0.5
+    while True:
+        try:
+            found = await _problems_on_the_cluster(settings, timeout_ms)
+            break
+        except (KafkaError, TimeoutError) as exc:
+            retriable = isinstance(exc, TimeoutError | KafkaTimeoutError) or bool(
+                getattr(exc, "retriable", False)
+            )
+            if not retriable or time.monotonic() + delay > deadline:
+                raise
+            log.warning("topic_check_retrying", error=type(exc).__name__, retry_in_s=delay)
+            await sleep(delay)
+            delay = min(delay * 2, RETRY_BACKOFF_MAX_SECONDS)
+    if found:
+        raise TopicsNotReady("; ".join(found))
+
+
+async def _problems_on_the_cluster(settings: ConsumerSettings, timeout_ms: int) -> list[str]:
     admin = AIOKafkaAdminClient(**settings.kafka.aiokafka_kwargs(), request_timeout_ms=timeout_ms)
     await admin.start()
     try:
@@ -64,6 +106,4 @@ async def check_topics(settings: ConsumerSettings, timeout_ms: int = 10_000) -> 
         partitions = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(counted)}
     finally:
         await admin.close()
-    found = problems(settings, existing, sizes, partitions)
-    if found:
-        raise TopicsNotReady("; ".join(found))
+    return problems(settings, existing, sizes, partitions)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+from aiokafka.errors import NodeNotReadyError, TopicAuthorizationFailedError
+
+import consumer.topics as topics_module
 from consumer.settings import ConsumerSettings
-from consumer.topics import problems
+from consumer.topics import TopicsNotReady, check_topics, problems
 from handlers import RulesSettings
 
 SETTINGS = ConsumerSettings(rules=RulesSettings())
@@ -58,3 +62,62 @@ def test_a_dedup_changelog_with_fewer_partitions_than_the_raw_topic_is_an_exactl
     assert found[0].startswith("exam.events.dedup has 3 partitions, fewer than exam.webhooks.raw's 6")
     assert problems(SETTINGS, ALL, sizes(), {"exam.webhooks.raw": 6, "exam.events.dedup": 6}) == []
     assert problems(at_least_once, ALL - {"exam.events.dedup"}, sizes(), counts) == []
+
+
+class FlakyCluster:
+    """Answers the topic check after `failures` retriable errors (a node down), or fails with `error`."""
+
+    def __init__(self, failures: int, found: list[str] | None = None, error: Exception | None = None) -> None:
+        self.failures, self.found, self.error, self.calls = failures, found or [], error, 0
+
+    async def __call__(self, _settings: ConsumerSettings, _timeout_ms: int) -> list[str]:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        if self.calls <= self.failures:
+            raise NodeNotReadyError("node 2 is not ready")
+        return self.found
+
+
+async def no_sleep(_seconds: float) -> None:
+    return None
+
+
+async def test_the_start_up_check_asks_again_while_a_node_cannot_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster = FlakyCluster(failures=3)
+    monkeypatch.setattr(topics_module, "_problems_on_the_cluster", cluster)
+
+    await check_topics(ConsumerSettings(rules=RulesSettings()), sleep=no_sleep)
+
+    assert cluster.calls == 4
+
+
+async def test_a_missing_topic_found_after_a_retry_still_refuses_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(topics_module, "_problems_on_the_cluster", FlakyCluster(1, ["missing topics: x"]))
+
+    with pytest.raises(TopicsNotReady, match="missing topics: x"):
+        await check_topics(ConsumerSettings(rules=RulesSettings()), sleep=no_sleep)
+
+
+async def test_the_retries_end_after_their_bound_with_the_clusters_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster = FlakyCluster(failures=10**6)
+    monkeypatch.setattr(topics_module, "_problems_on_the_cluster", cluster)
+
+    with pytest.raises(NodeNotReadyError):
+        await check_topics(ConsumerSettings(rules=RulesSettings()), retry_for_seconds=0.0, sleep=no_sleep)
+    assert cluster.calls == 1
+
+
+async def test_an_error_no_retry_can_fix_ends_the_check_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = FlakyCluster(0, error=TopicAuthorizationFailedError("not allowed"))
+    monkeypatch.setattr(topics_module, "_problems_on_the_cluster", cluster)
+
+    with pytest.raises(TopicAuthorizationFailedError):
+        await check_topics(ConsumerSettings(rules=RulesSettings()), sleep=no_sleep)
+    assert cluster.calls == 1
