@@ -140,6 +140,7 @@ NODE_DOWN_S = 3.0  # from `stop-node N --kill` until `start-node N` (at least un
 FENCE_TIMEOUT_S = 60.0
 NODE_KILL_AT = (0.05, 0.35, 0.65)  # --nodes 3: fractions accepted at which a node is killed
 READ_TIMEOUT_S = 90.0  # beyond --timeout-seconds: open transactions time out after 40 s
+READ_ATTEMPTS, READ_RETRY_S = 3, 5.0  # a read that misses events is repeated before they count as lost
 USERNAME = "chaos"
 TOPIC_OVERRIDES = ("TOPIC_REPLICATION_FACTOR", "TOPIC_MIN_INSYNC_REPLICAS")
 SOURCES = ("consumer", "ingress", "handlers", "schemas", "common", "scripts")
@@ -582,13 +583,25 @@ class ModeRun:
             planned = expected_outputs([bodies[i] for i in sorted(state.ok_posts)], TOPICS["raw"])
             others = {TOPICS["dlq"], TOPICS["unrouted"]}
             derived = sorted({TOPICS[t] for t in DERIVED} | {r.topic for r in planned} - others)
-            read = await read_outputs(
-                self.broker.bootstrap,
-                derived,
-                [TOPICS["dlq"], TOPICS["unrouted"]],
-                self.args.partitions,
-                READ_TIMEOUT_S,
-            )
+            wanted = {dict(r.headers)["ce_id"].decode() for r in planned if r.topic in derived}
+            for attempt in range(1, READ_ATTEMPTS + 1):
+                read = await read_outputs(
+                    self.broker.bootstrap,
+                    derived,
+                    [TOPICS["dlq"], TOPICS["unrouted"]],
+                    self.args.partitions,
+                    READ_TIMEOUT_S,
+                )
+                if wanted <= read.ce_ids.keys() or attempt == READ_ATTEMPTS:
+                    break
+                # A broker that has just restarted has answered end offsets of 0 (seen: a whole read
+                # came back empty, and the same data read in full a moment later): read again before
+                # counting anything as lost.
+                self.say(
+                    f"read {len(wanted & read.ce_ids.keys())} of {len(wanted)} expected events; "
+                    f"reading again in {READ_RETRY_S:.0f} s"
+                )
+                await asyncio.sleep(READ_RETRY_S)
             self.tally(bodies, state, read.ce_ids)
             self.result.records_seen = sum(read.records[t] for t in derived)
             self.result.dead_lettered = read.records[TOPICS["dlq"]]
