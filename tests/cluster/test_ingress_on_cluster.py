@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.support.cluster import LocalCluster, partition_leader, wait_for_isr
@@ -86,6 +87,8 @@ async def create_replicated_topic(bootstrap: str, name: str) -> None:
         await wait_for_isr(bootstrap, name, partition, ALL_NODES)
 
 
+# Five node kills and restarts, each waited out: about 100 s alone, up to three minutes on a busy machine.
+@pytest.mark.timeout(600)
 async def test_webhooks_accepted_while_nodes_fail_are_all_stored_and_503s_come_only_without_a_quorum(
     kafka_cluster: LocalCluster,
     unique_name: Callable[[str], str],
