@@ -1,9 +1,9 @@
 """`exam-events topics create|grow|describe`: provision and inspect the project's topics.
 
-Topic names come from the consumer's settings (CONSUMER_*_TOPIC, CONSUMER_DEDUP_TOPIC), the
-cluster from KAFKA_*. `create` is idempotent: existing topics are left alone. `grow` raises
-partition counts: Kafka can only add partitions, and adding them moves keys (learners) to other
-partitions. The dedup changelog of exactly-once mode is compacted, keeps records for the dedup
+Topic names come from the consumer's settings (CONSUMER_*_TOPIC, CONSUMER_DEDUP_TOPIC) and the
+forwarder's dead-letter topic (LRS_DLQ_TOPIC), the cluster from KAFKA_*. `create` is idempotent:
+existing topics are left alone. `grow` raises partition counts: Kafka can only add partitions, and
+adding them moves keys (learners) to other partitions. The dedup changelog of exactly-once mode is compacted, keeps records for the dedup
 window (CONSUMER_DEDUP_WINDOW_HOURS) and gets as many partitions as the raw topic.
 
 Replication: by default min(3, brokers in the cluster), with `min.insync.replicas=2` at a factor of
@@ -23,6 +23,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from cli.errors import CommandFailed
 from cli.kafka import REQUEST_TIMEOUT_MS, unreachable
 from consumer.settings import ConsumerSettings
+from lrs_forward.settings import LrsForwardSettings
 
 # The raw, dead-letter and unrouted topics carry whole webhook bodies: room for the ingress's
 # largest body (INGRESS_MAX_BODY_BYTES, 1 MiB by default) plus headers and batch overhead, which
@@ -54,8 +55,15 @@ def topic_configs(settings: ConsumerSettings, topic: str, replication: int) -> d
 
 
 def project_topics(settings: ConsumerSettings) -> list[str]:
-    """Every topic the system uses (the dedup changelog included, whichever mode runs now)."""
-    return sorted({*settings.all_topics, settings.dedup_topic})
+    """Every topic the system uses (the dedup changelog included, whichever mode runs now, and the
+    dead-letter topic of `exam-events lrs-forward`, whose statements topic is the consumer's)."""
+    return sorted({*settings.all_topics, settings.dedup_topic, lrs_dead_letter_topic()})
+
+
+def lrs_dead_letter_topic() -> str:
+    """`LRS_DLQ_TOPIC`, else its default (the forwarder's other settings need not be set here)."""
+    default: str = LrsForwardSettings.model_fields["dlq_topic"].default
+    return os.environ.get("LRS_DLQ_TOPIC", "").strip() or default
 
 
 async def _admin(settings: ConsumerSettings) -> Any:

@@ -72,6 +72,7 @@ async def test_it_creates_every_topic_with_room_for_the_largest_body_and_grows_t
 ) -> None:
     names = {kind: unique_name(kind.lower()) for kind in TOPIC_SETTINGS}
     env = {f"CONSUMER_{kind}_TOPIC": name for kind, name in names.items()}
+    names["LRS_DLQ"] = env["LRS_DLQ_TOPIC"] = unique_name("lrs-dlq")  # lrs-forward's dead letters
     env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
 
     first = create_topics(env, "--partitions", "2")

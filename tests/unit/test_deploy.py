@@ -390,6 +390,16 @@ def test_every_command_is_an_exam_events_subcommand_the_image_installs() -> None
         build_parser().parse_args(command[1:])  # exits 2 on an unknown subcommand or option
 
 
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (include,) = re.findall(r"^include = \[([^\]]*)\]", pyproject, re.MULTILINE)
+    packages = {name.strip().strip('"').rstrip("*") for name in include.split(",")}
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile(), re.MULTILINE))
+
+    assert packages >= {"cli", "lrs_forward", "ingress", "consumer"}
+    assert packages <= copied, f"the Dockerfile does not copy {sorted(packages - copied)}"
+
+
 def test_pods_run_as_the_user_the_image_creates_without_privileges() -> None:
     (uid,) = re.findall(r"useradd [^\n]*--uid (\d+)", dockerfile())
     for workload, spec in pod_specs().items():
