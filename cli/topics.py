@@ -3,8 +3,9 @@
 Topic names come from the consumer's settings (CONSUMER_*_TOPIC, CONSUMER_DEDUP_TOPIC) and the
 forwarder's dead-letter topic (LRS_DLQ_TOPIC), the cluster from KAFKA_*. `create` is idempotent:
 existing topics are left alone. `grow` raises partition counts: Kafka can only add partitions, and
-adding them moves keys (learners) to other partitions. The dedup changelog of exactly-once mode is compacted, keeps records for the dedup
-window (CONSUMER_DEDUP_WINDOW_HOURS) and gets as many partitions as the raw topic.
+adding them moves keys (learners) to other partitions. The dedup changelog of exactly-once mode is
+compacted, keeps records for the dedup window (CONSUMER_DEDUP_WINDOW_HOURS) and gets as many
+partitions as the raw topic.
 
 Replication: by default min(3, brokers in the cluster), with `min.insync.replicas=2` at a factor of
 3 or more (so acks=all survives one broker down); a factor above the broker count is refused.
