@@ -45,6 +45,7 @@ class ConsumerTopics:
     attempts: str
     registrations: str
     xapi: str
+    lrs_dlq: str  # lrs-forward's dead-letter topic: the project's topics include it
 
     @property
     def outputs(self) -> list[str]:
@@ -58,6 +59,7 @@ class ConsumerTopics:
             self.xapi,
             self.dlq,
             self.unrouted,
+            self.lrs_dlq,
         ]
 
     def env(self) -> dict[str, str]:
@@ -74,14 +76,16 @@ class ConsumerTopics:
             "CONSUMER_ATTEMPTS_TOPIC": self.attempts,
             "CONSUMER_REGISTRATIONS_TOPIC": self.registrations,
             "CONSUMER_XAPI_TOPIC": self.xapi,
+            "LRS_DLQ_TOPIC": self.lrs_dlq,
         }
 
 
 async def make_consumer_topics(
     bootstrap: str, unique_name: Callable[[str], str], raw_partitions: int = 3
 ) -> ConsumerTopics:
-    """Create a raw topic with `raw_partitions` partitions, the nine output topics (3 partitions) and
-    the dedup changelog (as many partitions as the raw topic)."""
+    """Create a raw topic with `raw_partitions` partitions, the ten output topics, lrs-forward's
+    dead-letter topic among them (3 partitions), and the dedup changelog (as many partitions as the
+    raw topic)."""
     topics = ConsumerTopics(
         raw=unique_name("raw"),
         passed=unique_name("passed"),
@@ -94,6 +98,7 @@ async def make_consumer_topics(
         attempts=unique_name("attempts"),
         registrations=unique_name("registrations"),
         xapi=unique_name("xapi"),
+        lrs_dlq=unique_name("lrs-dlq"),
     )
     await create_topics(bootstrap, [topics.raw, topics.dedup], raw_partitions)
     await create_topics(bootstrap, topics.outputs, 3)
