@@ -30,6 +30,7 @@ from faststream.kafka.message import FAKE_CONSUMER, KafkaMessage
 from faststream.specification import AsyncAPI
 from pydantic import Field, GetPydanticSchema
 
+from common import gc_tuning
 from common.logging import configure_logging
 from common.tracing import Tracing, configure_tracing
 from consumer.checkpoint import (
@@ -91,6 +92,7 @@ class ConsumerApp(AsgiFastStream):
             **(run_extra_options or {}),
         }
         _exit_zero_after_graceful_sigterm()
+        self.after_startup(_tune_gc)
         # A failed start-up (e.g. a missing topic) ends here with uvicorn's exit status 3.
         await super().run(log_level, options)
 
@@ -299,6 +301,11 @@ def create_app(
         after_shutdown=[stop_producers],
         logger=logging.getLogger("consumer.app"),
     )
+
+
+def _tune_gc() -> None:
+    """The process is up: tune its collector (common/gc_tuning.py says why)."""
+    log.info("gc_tuned", frozen_objects=gc_tuning.tune_after_startup())
 
 
 def _exit_zero_after_graceful_sigterm() -> None:
