@@ -7,20 +7,24 @@ Puts N realistic Exam Results Released webhooks (passes, fails with and without 
 passes, withheld grades, revoked attempts) on a fresh raw topic, then per round:
 - baseline: in this process, aiokafka `getmany(max_records=500)`, produce every record to another
   topic with acks=all (idempotent), await the acks, commit; CPU is this process's CPU time;
+- decoding: the same, but each body is decoded once with `json.loads` and produced as many times as
+  the rules make records of it (about 2.8), so it writes what the consumer writes: the fairer
+  baseline of a consumer that must read every body (issue 11's);
 - consumer, in each processing guarantee (`--modes`, default at-least-once then exactly-once):
   `python -m consumer` as a subprocess in a fresh group, with fresh output and dedup topics; CPU is
   the subprocess's utime + stime from /proc, measured from when its HTTP port answers (start-up
   excluded) until the broker shows the whole topic committed; records consumed before that first
   reading are left out.
-Prints input events/s and CPU seconds per input event of each, each mode's ratio to the baseline of
-the same rounds, and checks that the consumer wrote exactly the records its rules require (read
-with isolation_level=read_committed).
+Prints input events/s and CPU seconds per input event of each, each mode's ratio to both baselines
+of the same rounds (medians of the per-round ratios), and checks that the consumer wrote exactly the
+records its rules require (read with isolation_level=read_committed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import statistics
@@ -44,7 +48,7 @@ from tests.support.kafka_io import create_topics  # noqa: E402
 from tests.support.webhooks import encode, results_released  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-OUTPUTS = ("passed", "failed", "resits", "dlq", "unrouted")
+OUTPUTS = ("passed", "failed", "resits", "xapi", "dlq", "unrouted")
 SHORT = {"at-least-once": "at-least", "exactly-once": "exactly"}
 
 
@@ -142,8 +146,15 @@ async def committed_records(bootstrap: str, topics: list[str]) -> int:
         await consumer.stop()
 
 
-async def baseline(bootstrap: str, raw: str, out: str, total: int) -> Figures:
-    """Consume, produce the same records with acks=all, await the acks, commit: per batch of 500."""
+async def baseline(
+    bootstrap: str, raw: str, out: str, total: int, emits: dict[bytes, int] | None = None
+) -> Figures:
+    """Consume, produce with acks=all, await the acks, commit: per batch of 500.
+
+    Without `emits`, each record is produced once as it is (the pass-through). With it (the
+    decoding pass-through), each body is decoded once with `json.loads` and produced as many times
+    as the rules make records of it (`emits[body]`), so both sides write as many records.
+    """
     consumer = AIOKafkaConsumer(
         raw,
         bootstrap_servers=bootstrap,
@@ -162,15 +173,20 @@ async def baseline(bootstrap: str, raw: str, out: str, total: int) -> Figures:
                 continue
             if not started:
                 started, cpu_started = time.perf_counter(), time.process_time()
-            futures = [
-                await producer.send(out, r.value, key=r.key, headers=list(r.headers))
-                for records in batch.values()
-                for r in records
-            ]
+            futures = []
+            for records in batch.values():
+                for r in records:
+                    copies = 1
+                    if emits is not None:
+                        json.loads(r.value or b"")
+                        copies = emits[r.value or b""]
+                    for _ in range(copies):
+                        futures.append(await producer.send(out, r.value, key=r.key, headers=list(r.headers)))
             await asyncio.gather(*futures)
             await consumer.commit()
-            done += len(futures)
-        return Figures("baseline", total, time.perf_counter() - started, time.process_time() - cpu_started)
+            done += sum(len(records) for records in batch.values())
+        name = "baseline" if emits is None else "decoding"
+        return Figures(name, total, time.perf_counter() - started, time.process_time() - cpu_started)
     finally:
         await producer.stop()
         await consumer.stop()
@@ -264,6 +280,7 @@ async def main() -> None:
         f"the rules turn them into {len(expected)} records ({len(expected) / total:.2f} per webhook)",
         flush=True,
     )
+    emits = {body: len(expected_outputs([body])) for body in bodies}
 
     rounds: list[dict[str, Figures]] = []
     for round_number in range(1, args.rounds + 1):
@@ -272,6 +289,14 @@ async def main() -> None:
         print(f"round {round_number}: baseline (aiokafka pass-through)", flush=True)
         figures = {"baseline": await baseline(bootstrap, raw, passthrough, total)}
         print("  " + figures["baseline"].line(), flush=True)
+        print(
+            f"round {round_number}: decoding pass-through (json.loads, as many records as the rules)",
+            flush=True,
+        )
+        decoded = f"bench.decoding.{suffix}.{round_number}"
+        await create_topics(bootstrap, [decoded], args.partitions)
+        figures["decoding"] = await baseline(bootstrap, raw, decoded, total, emits)
+        print("  " + figures["decoding"].line(), flush=True)
         for guarantee in args.modes.split(","):
             outputs = {name: f"bench.{name}.{suffix}.{round_number}.{SHORT[guarantee]}" for name in OUTPUTS}
             dedup = f"bench.dedup.{suffix}.{round_number}.{SHORT[guarantee]}"
@@ -294,16 +319,17 @@ async def main() -> None:
 
     print()
     print(f"medians over {len(rounds)} round(s), {total} webhooks, {args.partitions} partitions:")
-    base_rate = statistics.median(r["baseline"].rate for r in rounds)
     for name in rounds[0]:
         rate = statistics.median(r[name].rate for r in rounds)
         cpu = statistics.median(r[name].cpu_per_event for r in rounds)
-        ratios = sorted(r[name].rate / r["baseline"].rate for r in rounds)
-        ratio = f"  ratio {rate / base_rate:.2f} (per round {', '.join(f'{x:.2f}' for x in ratios)})"
-        print(
-            f"  {name:<14} {rate:8.0f} events/s  {cpu * 1e6:6.0f} us CPU/event"
-            + ("" if name == "baseline" else ratio)
-        )
+        line = f"  {name:<14} {rate:8.0f} events/s  {cpu * 1e6:6.0f} us CPU/event"
+        for base in ("decoding", "baseline") if name not in ("baseline", "decoding") else ():
+            ratios = sorted(r[name].rate / r[base].rate for r in rounds)
+            line += (
+                f"  {statistics.median(ratios):.2f} of {base}"
+                f" (per round {', '.join(f'{x:.2f}' for x in ratios)})"
+            )
+        print(line)
 
 
 if __name__ == "__main__":
