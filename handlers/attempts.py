@@ -18,29 +18,30 @@ def derive_attempt_event(
     """The attempt's marking status and times, and its marks once marking is done."""
     user, attempt, portal_id = webhook.user, webhook.attempt, webhook.portal.id
     marks = attempt.marks
+    # As `model` has it on the wire: camelCase, in its field order.
     context: dict[str, Any] = {
         "learner": {
             "id": user.id,
             "name": user.name,
             "email": user.email,
-            "sub_portal_id": user.sub_portal_id,
+            "subPortalId": user.sub_portal_id,
         },
-        "portal_id": portal_id,
-        "is_exam": attempt.is_exam,
+        "portalId": portal_id,
+        "isExam": attempt.is_exam,
         "exam": None if webhook.exam is None else {"id": webhook.exam.id, "name": webhook.exam.name},
         "test": None if webhook.test is None else {"id": webhook.test.id, "title": webhook.test.title},
         "attempt": {
             "id": attempt.id,
             "status": attempt.status,
-            "exam_status": attempt.exam_status,
-            "resit_count": attempt.resit_count,
-            "time_started": attempt.time_started,
-            "time_completed": attempt.time_completed,
-            "time_spent_in_ms": attempt.time_spent_in_ms,
+            "examStatus": attempt.exam_status,
+            "resitCount": attempt.resit_count,
+            "timeStarted": attempt.time_started,
+            "timeCompleted": attempt.time_completed,
+            "timeSpentInMs": attempt.time_spent_in_ms,
         },
         "marking": {
             "status": attempt.state.results.marking_status,
-            "pending_marks": attempt.state.results.pending_marks,
+            "pendingMarks": attempt.state.results.pending_marks,
             "done": marks is not None,
         },
         # The platform sends marks only once marking is done.
@@ -48,13 +49,13 @@ def derive_attempt_event(
         if marks is None
         else {
             "points": marks.points,
-            "max_points": marks.max_points,
+            "maxPoints": marks.max_points,
             "credits": marks.credits,
             "penalties": marks.penalties,
             "score": attempt.score,
-            "score_frac": attempt.score_frac,
+            "scoreFrac": attempt.score_frac,
         },
-        "reported_at": webhook.meta.timestamp,
+        "reportedAt": webhook.meta.timestamp,
         "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
     }
     event = DerivedEvent(
@@ -67,6 +68,7 @@ def derive_attempt_event(
         subject=attempt.id,
         time=webhook.meta.timestamp,
         key=user.id,
-        data=model.model_validate(context),
+        data=context,
+        data_model=model,
     )
     return HandlerOutput(events=(event,))

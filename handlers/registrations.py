@@ -16,26 +16,25 @@ def derive_registration_created(
     """The exam (id, name, URL, schedule) and user group a learner was registered for."""
     user, exam, group, portal_id = webhook.user, webhook.exam, webhook.user_group, webhook.portal.id
     at = webhook.meta.timestamp
-    data = RegistrationCreated.model_validate(
-        {
-            "learner": {
-                "id": user.id,
-                "name": user.name,
-                "email": user.email,
-                "sub_portal_id": user.sub_portal_id,
-            },
-            "portal_id": portal_id,
-            "exam": {
-                "id": exam.object_id,
-                "name": exam.name,
-                "url": exam.url,
-                "schedule": {"open_date": exam.schedule.open_date, "close_date": exam.schedule.close_date},
-            },
-            "user_group": None if group is None else {"id": group.object_id, "name": group.name},
-            "registered_at": at,
-            "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
-        }
-    )
+    # As `RegistrationCreated` has it on the wire: camelCase, in its field order.
+    data = {
+        "learner": {
+            "id": user.id,
+            "name": user.name,
+            "email": user.email,
+            "subPortalId": user.sub_portal_id,
+        },
+        "portalId": portal_id,
+        "exam": {
+            "id": exam.object_id,
+            "name": exam.name,
+            "url": exam.url,
+            "schedule": {"openDate": exam.schedule.open_date, "closeDate": exam.schedule.close_date},
+        },
+        "userGroup": None if group is None else {"id": group.object_id, "name": group.name},
+        "registeredAt": at,
+        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+    }
     event = DerivedEvent(
         type=RegistrationCreated.event_type,
         # A learner registered again (after a withdrawal) is a new registration: its time tells them apart.
@@ -45,5 +44,6 @@ def derive_registration_created(
         time=at,
         key=user.id,
         data=data,
+        data_model=RegistrationCreated,
     )
     return HandlerOutput(events=(event,))

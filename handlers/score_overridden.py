@@ -15,21 +15,20 @@ def derive_score_overridden(
 ) -> HandlerOutput:
     """The override's before and after values, keyed by the attempt's learner."""
     attempt_id, portal_id, at = webhook.attempt.id, webhook.portal.id, webhook.meta.timestamp
-    data = ScoreOverridden.model_validate(
-        {
-            "learner_id": webhook.learner_id,
-            "portal_id": portal_id,
-            "exam_id": webhook.exam.id,
-            "attempt_id": attempt_id,
-            "action_type": webhook.action_type,
-            "score": _change(webhook.score),
-            "points": _change(webhook.points),
-            "credits": _change(webhook.credits),
-            "penalties": _change(webhook.penalties),
-            "overridden_at": at,
-            "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
-        }
-    )
+    # As `ScoreOverridden` has it on the wire: camelCase, in its field order.
+    data = {
+        "learnerId": webhook.learner_id,
+        "portalId": portal_id,
+        "examId": webhook.exam.id,
+        "attemptId": attempt_id,
+        "actionType": webhook.action_type,
+        "score": _change(webhook.score),
+        "points": _change(webhook.points),
+        "credits": _change(webhook.credits),
+        "penalties": _change(webhook.penalties),
+        "overriddenAt": at,
+        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+    }
     event = DerivedEvent(
         type=ScoreOverridden.event_type,
         # One attempt can be overridden several times: the override's own time tells them apart.
@@ -39,9 +38,10 @@ def derive_score_overridden(
         time=at,
         key=webhook.learner_id,
         data=data,
+        data_model=ScoreOverridden,
     )
     return HandlerOutput(events=(event,))
 
 
 def _change(change: ScoreChange) -> dict[str, object]:
-    return {"old_value": change.old_value, "new_value": change.new_value, "is_original": change.is_original}
+    return {"oldValue": change.old_value, "newValue": change.new_value, "isOriginal": change.is_original}

@@ -7,10 +7,11 @@ just derived. The mapping, field by field, is in docs/xapi.md.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 from urllib.parse import quote
 
 from schemas.cloudevents import DerivedEvent
-from schemas.derived import ExamPassed, ResultContext
+from schemas.derived import ExamFailed, ExamPassed
 from schemas.xapi import ASSESSMENT, VERB_FAILED, VERB_PASSED, ExamResultStatement
 
 # Namespace of the statement ids (uuid5 of the result event's ce_id); changing it changes every id,
@@ -38,43 +39,49 @@ def iso8601_duration(milliseconds: int) -> str:
 
 def result_statement(event: DerivedEvent, *, time_spent_ms: int | None, home_page: str) -> DerivedEvent:
     """The xAPI statement of an exam.result.passed or exam.result.failed event, as the event the
-    consumer publishes (same key, source, subject and time; the statement is its data)."""
+    consumer publishes (same key, source, subject and time; the statement is its data, built as
+    `ExamResultStatement` has it on the wire: properties without a value left out)."""
     data = event.data
-    assert isinstance(data, ResultContext), type(data)
-    passed = isinstance(data, ExamPassed)
-    attempt = data.attempt
-    score: dict[str, float] | None = None
-    if not data.grade_withheld and attempt.score_frac is not None:
-        score = {"scaled": float(attempt.score_frac)}
-        if attempt.points is not None and 0 <= attempt.points <= attempt.max_points:
-            score |= {"raw": float(attempt.points), "min": 0.0, "max": float(attempt.max_points)}
-    base = home_page.rstrip("/")
-    statement = ExamResultStatement.model_validate(
-        {
-            "id": statement_id(event.id),
-            "actor": {"account": {"home_page": home_page, "name": data.learner.id}},
-            "verb": {
-                "id": VERB_PASSED if passed else VERB_FAILED,
-                "display": {"en-US": "passed" if passed else "failed"},
-            },
-            "object": {
-                "id": f"{base}/exams/{quote(data.exam.id, safe='')}",
-                "definition": {"type": ASSESSMENT, "name": {"und": data.exam.name}},
-            },
-            "result": {
-                "success": passed,
-                "score": score,
-                "duration": None if time_spent_ms is None else iso8601_duration(time_spent_ms),
-            },
-            "timestamp": data.released_at,
-        }
-    )
+    if event.type not in (ExamPassed.event_type, ExamFailed.event_type):
+        raise ValueError(f"an xAPI statement is made of a passed or failed event, not {event.type}")
+    passed = event.type == ExamPassed.event_type
+    attempt = data["attempt"]
+    result: dict[str, Any] = {"success": passed}
+    if not data["gradeWithheld"] and attempt["scoreFrac"] is not None:
+        scaled = float(attempt["scoreFrac"])
+        if not -1 <= scaled <= 1:  # xAPI's range; the statement would be refused by every LRS
+            raise ValueError(f"scoreFrac {scaled} is outside xAPI's scaled range -1..1")
+        score = {"scaled": scaled}
+        points, max_points = attempt["points"], attempt["maxPoints"]
+        if points is not None and 0 <= points <= max_points:
+            score |= {"raw": float(points), "min": 0.0, "max": float(max_points)}
+        result["score"] = score
+    if time_spent_ms is not None:
+        result["duration"] = iso8601_duration(time_spent_ms)
+    exam = data["exam"]
+    statement_id_ = statement_id(event.id)
+    statement = {
+        "id": statement_id_,
+        "actor": {"objectType": "Agent", "account": {"homePage": home_page, "name": data["learner"]["id"]}},
+        "verb": {
+            "id": VERB_PASSED if passed else VERB_FAILED,
+            "display": {"en-US": "passed" if passed else "failed"},
+        },
+        "object": {
+            "objectType": "Activity",
+            "id": f"{home_page.rstrip('/')}/exams/{quote(exam['id'], safe='')}",
+            "definition": {"type": ASSESSMENT, "name": {"und": exam["name"]}},
+        },
+        "result": result,
+        "timestamp": data["releasedAt"],
+    }
     return DerivedEvent(
         type=ExamResultStatement.event_type,
-        id=statement.id,
+        id=statement_id_,
         source=event.source,
         subject=event.subject,
         time=event.time,
         key=event.key,
         data=statement,
+        data_model=ExamResultStatement,
     )

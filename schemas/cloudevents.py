@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 SPEC_VERSION = b"1.0"
 CONTENT_TYPE = b"application/json"
@@ -20,11 +23,20 @@ class DerivedEvent:
     subject: str  # ce_subject: the attempt id (the exam id of a registration)
     time: str  # ce_time: attempt.audit.releasedAt (else meta.timestamp), as the platform sent it
     key: str  # Kafka key: user.id, so one learner's events keep their order in a partition
-    data: BaseModel  # the event's data, one of the models in schemas.derived
+    # The event's data as on the wire (camelCase names, in the model's field order), shaped as
+    # `data_model`. Handlers build it from a webhook its model has just validated, so the consumer
+    # does not validate it again: that was the largest cost of a derived event (docs/performance.md).
+    data: dict[str, Any]
+    data_model: builtins.type[BaseModel]  # one of the models in schemas.derived, or the xAPI statement's
 
     def value(self) -> bytes:
-        """The Kafka record value: the data as JSON, field names as on the wire."""
-        return self.data.model_dump_json(by_alias=True).encode()
+        """The Kafka record value: the data as JSON."""
+        return to_json(self.data)
+
+    def validated(self) -> BaseModel:
+        """The data validated by its model. The tests hold every handler to it: its JSON is `value()`,
+        byte for byte (tests/unit/test_derived_wire.py)."""
+        return self.data_model.model_validate(self.data)
 
     def kafka_headers(self) -> list[tuple[str, bytes]]:
         """CloudEvents binary-mode headers (`ce_*`) plus the data's content type."""
