@@ -209,7 +209,7 @@ async def consumed_so_far(client: httpx.AsyncClient, port: int) -> int | None:
 
 
 async def consumer_run(
-    bootstrap: str, topics: dict[str, str], total: int, log: Path, guarantee: str
+    bootstrap: str, topics: dict[str, str], total: int, log: Path, guarantee: str, root: Path = ROOT
 ) -> Figures:
     """`python -m consumer` in a fresh group, timed from its first HTTP answer to the final commit."""
     group = f"bench-consumer-{uuid.uuid4().hex[:8]}"
@@ -224,7 +224,7 @@ async def consumer_run(
         **{f"CONSUMER_{name.upper()}_TOPIC": topic for name, topic in topics.items()},
     }
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "consumer"], cwd=ROOT, env=env, stdout=out, stderr=out)  # noqa: ASYNC220
+        proc = subprocess.Popen([sys.executable, "-m", "consumer"], cwd=root, env=env, stdout=out, stderr=out)  # noqa: ASYNC220
     try:
         async with httpx.AsyncClient(timeout=2.0) as client:
             while (first := await consumed_so_far(client, port)) is None:
@@ -247,6 +247,17 @@ async def consumer_run(
         proc.wait(timeout=60)
 
 
+def parse_checkouts(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Path]:
+    """This checkout as ".", then each `--checkout LABEL=DIR`."""
+    checkouts = {".": ROOT}
+    for item in items:
+        label, _, directory = item.partition("=")
+        if not label or label in checkouts or not Path(directory, "consumer", "__main__.py").is_file():
+            parser.error(f"--checkout {item!r}: expected a new LABEL=DIR, DIR a checkout of this project")
+        checkouts[label] = Path(directory).resolve()
+    return checkouts
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -262,8 +273,18 @@ async def main() -> None:
     parser.add_argument(
         "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), help="broker"
     )
+    parser.add_argument(
+        "--checkout",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run the consumer of another checkout of the project (e.g. a git worktree of an earlier "
+        "commit) in every round, to compare a change side by side; repeatable",
+    )
     args = parser.parse_args()
     bootstrap, total = args.bootstrap, args.events
+    checkouts = parse_checkouts(parser, args.checkout)
+    checkout_tags = {label: f"c{n}" for n, label in enumerate(checkouts)}
 
     suffix = uuid.uuid4().hex[:8]
     raw = f"bench.raw.{suffix}"
@@ -297,24 +318,27 @@ async def main() -> None:
         await create_topics(bootstrap, [decoded], args.partitions)
         figures["decoding"] = await baseline(bootstrap, raw, decoded, total, emits)
         print("  " + figures["decoding"].line(), flush=True)
-        for guarantee in args.modes.split(","):
-            outputs = {name: f"bench.{name}.{suffix}.{round_number}.{SHORT[guarantee]}" for name in OUTPUTS}
-            dedup = f"bench.dedup.{suffix}.{round_number}.{SHORT[guarantee]}"
-            await create_topics(bootstrap, list(outputs.values()), args.partitions)
-            await create_topics(bootstrap, [dedup], args.partitions)
-            print(f"round {round_number}: consumer, {guarantee} (python -m consumer)", flush=True)
-            log = Path(f"/tmp/bench-consumer-{suffix}-{round_number}-{SHORT[guarantee]}.log")
-            ours = await consumer_run(
-                bootstrap, {"raw": raw, "dedup": dedup, **outputs}, total, log, guarantee
-            )
-            print("  " + ours.line(), flush=True)
-            written = await committed_records(bootstrap, list(outputs.values()))
-            if written != len(expected):
-                raise SystemExit(f"consumer wrote {written} records, the rules require {len(expected)}")
-            print(
-                f"  checked: {written} records on the output topics (read_committed), as required", flush=True
-            )
-            figures[guarantee] = ours
+        for label, root in checkouts.items():
+            for guarantee in args.modes.split(","):
+                name = guarantee if label == "." else f"{guarantee} [{label}]"
+                tag = f"{round_number}.{SHORT[guarantee]}.{checkout_tags[label]}"
+                outputs = {topic: f"bench.{topic}.{suffix}.{tag}" for topic in OUTPUTS}
+                dedup = f"bench.dedup.{suffix}.{tag}"
+                await create_topics(bootstrap, [*outputs.values(), dedup], args.partitions)
+                print(f"round {round_number}: consumer, {name} (python -m consumer in {root})", flush=True)
+                log = Path(f"/tmp/bench-consumer-{suffix}-{tag}.log")
+                ours = await consumer_run(
+                    bootstrap, {"raw": raw, "dedup": dedup, **outputs}, total, log, guarantee, root
+                )
+                print("  " + ours.line(), flush=True)
+                written = await committed_records(bootstrap, list(outputs.values()))
+                if written != len(expected):
+                    raise SystemExit(f"consumer wrote {written} records, the rules require {len(expected)}")
+                print(
+                    f"  checked: {written} records on the output topics (read_committed), as required",
+                    flush=True,
+                )
+                figures[name] = ours
         rounds.append(figures)
 
     print()
