@@ -31,6 +31,13 @@ log = structlog.get_logger("consumer.dedup")
 
 def id_bytes(ce_id: str) -> bytes:
     """The 16 bytes of a `ce_id` (a UUID); any other string is kept as its UTF-8 bytes."""
+    if len(ce_id) == 36 and ce_id[8] == ce_id[13] == ce_id[18] == ce_id[23] == "-":
+        try:  # the canonical form, which all of ours have: five times cheaper than uuid.UUID
+            packed = bytes.fromhex(ce_id.replace("-", ""))
+        except ValueError:
+            packed = b""
+        if len(packed) == 16:
+            return packed
     try:
         return uuid.UUID(ce_id).bytes
     except ValueError:

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
+from handlers.event_ids import uuid5
 from schemas.cloudevents import DerivedEvent
 from schemas.derived import ExamFailed, ExamPassed
 from schemas.xapi import ASSESSMENT, VERB_FAILED, VERB_PASSED, ExamResultStatement
@@ -21,7 +22,7 @@ STATEMENT_ID_NAMESPACE = uuid.UUID("2d6c1f9e-8a47-5b3c-9e61-4f0a7d2c8b15")
 
 def statement_id(ce_id: str) -> str:
     """The statement's id: deterministic, so a redelivered result gives the statement the LRS already has."""
-    return str(uuid.uuid5(STATEMENT_ID_NAMESPACE, ce_id))
+    return uuid5(STATEMENT_ID_NAMESPACE, ce_id)
 
 
 def iso8601_duration(milliseconds: int) -> str:
