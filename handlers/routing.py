@@ -7,6 +7,7 @@ event name to handler, visible in one place.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,16 @@ def route_webhook(
 
     The body wins when both name an event: it is the platform's own word, the path is our configuration.
     """
+    handled = _route_by_peek(raw, source, table)
+    if handled is not None:
+        return handled
+    return route_by_parsing(raw, source, table, subscribed_name)
+
+
+def route_by_parsing(
+    raw: bytes, source: SourceRecord, table: RoutingTable, subscribed_name: str | None = None
+) -> RoutingResult:
+    """`route_webhook`'s full path: parse the body, read its event name, validate the parsed body."""
     try:
         # One parse, then validation of the parsed value: pydantic-core's parser is faster than json's.
         body = from_json(raw)
@@ -105,4 +116,34 @@ def route_webhook(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
         )
         return Invalid(event_name, "ValidationError", f"{exc.error_count()} error(s): {summary}"[:1000])
+    return Handled(event_name, route.handler(webhook, source))
+
+
+# The first `"eventName": "<name without escapes>"` of a body: a guess at meta.eventName without
+# parsing the body. The guess is confirmed by the model that validates the body.
+_EVENT_NAME = re.compile(rb'"eventName"\s*:\s*"([^"\\]{1,256})"')
+
+
+def _route_by_peek(raw: bytes, source: SourceRecord, table: RoutingTable) -> Handled | None:
+    """The common case at half the cost of parsing and then validating: the name peeked from the raw
+    bytes has a handler, its model validates the bytes straight away, and the validated
+    meta.eventName is the peeked one. Anything else (None) takes `route_webhook`'s full path, which
+    (`route_by_parsing`) then gives the same result as if this had not been tried."""
+    match = _EVENT_NAME.search(raw)
+    if match is None:
+        return None
+    try:
+        event_name = match.group(1).decode()
+    except UnicodeDecodeError:
+        return None
+    route = table.get(event_name)
+    if route is None:
+        return None
+    try:
+        webhook = route.model.model_validate_json(raw)
+    except ValidationError:
+        return None
+    meta = getattr(webhook, "meta", None)
+    if getattr(meta, "event_name", None) != event_name:  # the peek found another object's eventName
+        return None
     return Handled(event_name, route.handler(webhook, source))

@@ -17,8 +17,9 @@ from handlers import (
     build_routing_table,
     route_webhook,
 )
+from handlers.routing import route_by_parsing
 from schemas.webhook import ExamResultsReleased
-from tests.support.webhooks import encode, results_released
+from tests.support.webhooks import encode, platform_body, results_released
 
 SOURCE = SourceRecord("exam.webhooks.raw", 0, 0)
 TABLE = build_routing_table(RulesSettings())
@@ -149,3 +150,56 @@ def test_a_known_subscription_event_name_with_a_body_of_another_shape_is_invalid
     result = route_webhook(b'{"user": {"id": "u1"}}', SOURCE, TABLE, "exam.resultsReleased")
     assert isinstance(result, Invalid)
     assert result.error_type == "ValidationError"
+
+
+# route_webhook first tries the common case straight from the bytes (the event name peeked, the body
+# validated from JSON); whatever the body, it must come out as the full path (route_by_parsing) has it.
+
+
+def both_paths(raw: bytes, subscribed: str | None = None) -> tuple[object, object]:
+    return route_webhook(raw, SOURCE, TABLE, subscribed), route_by_parsing(raw, SOURCE, TABLE, subscribed)
+
+
+def with_platform_bodies() -> list[bytes]:
+    names = ("attempt-override-created", "exam-submitted", "exam-completed", "attempt-submitted")
+    return [encode(results_released(passed=p)) for p in (True, False)] + [
+        encode(platform_body(name)) for name in names
+    ]
+
+
+@pytest.mark.parametrize("raw", with_platform_bodies())
+def test_a_handled_body_comes_out_of_the_peek_as_out_of_the_full_path(raw: bytes) -> None:
+    fast, full = both_paths(raw)
+    assert isinstance(fast, Handled)
+    assert fast == full
+
+
+def test_an_event_name_in_another_object_before_meta_does_not_misroute_the_body() -> None:
+    body = results_released()
+    body = {"user": body["user"] | {"customAttributes": {"eventName": "exam.completed"}}, **body}
+    fast, full = both_paths(encode(body))
+    assert isinstance(fast, Handled)
+    assert fast.event_name == "exam.resultsReleased"
+    assert fast == full
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        encode(results_released() | {"attempt": {"id": 1}}),  # a known event that fails validation
+        encode(results_released(event_name="exam.results\\u0052eleased")),  # an escape the peek skips
+        encode(results_released(event_name="user.updated")),  # no handler
+        b'{"meta": {"eventName": "exam.resultsReleased"}, "attempt": ',  # not JSON
+        b'{"meta": {"eventName": "exam.resultsReleased"}}{"x": 1}',  # trailing data
+        b'["meta", {"eventName": "exam.resultsReleased"}]',  # not an object
+    ],
+)
+def test_a_body_the_peek_cannot_take_comes_out_as_out_of_the_full_path(raw: bytes) -> None:
+    fast, full = both_paths(raw)
+    assert fast == full
+
+
+def test_a_conflicting_subscription_name_comes_out_as_out_of_the_full_path() -> None:
+    fast, full = both_paths(encode(results_released()), "exam.completed")
+    assert isinstance(fast, Handled)
+    assert fast == full
