@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -588,7 +589,11 @@ def record_outcomes(plan: BatchPlan, metrics: ConsumerMetrics) -> None:
         metrics.duplicates_suppressed.labels(type=event_type).inc(count)
     for error_type, count in plan.dead_lettered.items():
         metrics.dead_lettered.labels(error_type=error_type).inc(count)
+    # Most records emitted events and said so only at DEBUG: at other levels they cost nothing here.
+    debug = log.is_enabled_for(logging.DEBUG)
     for outcome in plan.outcomes:
+        if outcome.kind == "emitted" and outcome.conflicting_event_name is None and not debug:
+            continue
         coordinates = {
             "topic": outcome.source.topic,
             "partition": outcome.source.partition,
