@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
@@ -18,9 +18,11 @@ from pydantic_core import from_json
 from schemas.cloudevents import DerivedEvent
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """Where a webhook body was read from: its coordinates on the raw topic."""
+class SourceRecord(NamedTuple):
+    """Where a webhook body was read from: its coordinates on the raw topic.
+
+    Immutable, and built per record: a named tuple costs a third of a frozen dataclass.
+    """
 
     topic: str
     partition: int

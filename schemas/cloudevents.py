@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 from pydantic_core import to_json
@@ -13,9 +12,11 @@ SPEC_VERSION = b"1.0"
 CONTENT_TYPE = b"application/json"
 
 
-@dataclass(frozen=True, slots=True)
-class DerivedEvent:
-    """One derived event: CloudEvents attributes, the Kafka key, and the data model."""
+class DerivedEvent(NamedTuple):
+    """One derived event: CloudEvents attributes, the Kafka key, and the data model.
+
+    Immutable, and built per record: a named tuple costs a third of a frozen dataclass.
+    """
 
     type: str  # ce_type, e.g. "exam.result.passed"
     id: str  # ce_id: deterministic, so a redelivered webhook gives the same id
