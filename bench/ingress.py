@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Benchmark the webhook ingress: requests/s, p50 and p99 at concurrency 1 and 64.
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python bench/ingress.py
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python bench/ingress.py [--rounds 3] \
+        [--checkout before=/tmp/ingress-before]
 
 Starts two servers on loopback, each exactly as `python -m ingress` runs (uvloop, httptools, one
 log line per request): the real one producing to a fresh topic on the broker, and the same app with
 the Kafka produce replaced by a no-op. Drives both with realistic bodies (the recorded Exam
 Results Released webhook, a different user per request) over keep-alive connections, checks that
-the records on the topic equal the 2xx answers, and prints the figures and ratios.
+the records on the topic equal the 2xx answers, and prints the figures and ratios. With `--rounds N`
+it does that N times and prints the medians; each `--checkout LABEL=DIR` also runs the ingress of
+another checkout of the project (a git worktree of an earlier commit) in every round, right after
+this one's, so that a change is measured side by side under the same machine load.
 
     .venv/bin/python bench/ingress.py --fast-503
 
@@ -154,9 +158,9 @@ def admin_port_of(port: int) -> int:
 
 
 def start_server(
-    kind: str, port: int, topic: str, bootstrap: str, log_dir: Path, linger_ms: int | None
+    kind: str, port: int, topic: str, bootstrap: str, log_dir: Path, linger_ms: int | None, root: Path = ROOT
 ) -> subprocess.Popen[bytes]:
-    """`python -m ingress` for kind "kafka"; this script's no-op server for kind "noop"."""
+    """`python -m ingress` for kind "kafka"; the no-op server of `root`'s bench script for kind "noop"."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGRESS_")}
     env.update(
         INGRESS_HOST="127.0.0.1",
@@ -169,11 +173,12 @@ def start_server(
     )
     if linger_ms is not None:
         env["INGRESS_LINGER_MS"] = str(linger_ms)
-    command = (
-        [sys.executable, "-m", "ingress"] if kind == "kafka" else [sys.executable, __file__, "--serve-noop"]
-    )
-    log = (log_dir / f"{kind}.log").open("wb")
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # Run from `root`: `python -m` puts it first on sys.path, so its code is the one imported.
+    script = str(root / "bench" / "ingress.py")
+    noop = [sys.executable, script, "--serve-noop"]
+    command = [sys.executable, "-m", "ingress"] if kind == "kafka" else noop
+    log = (log_dir / f"{kind}.{port}.log").open("wb")
+    return subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 async def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -227,27 +232,70 @@ async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         await admin.close()
 
 
-async def measure(kind: str, args: argparse.Namespace, topic: str, log_dir: Path) -> list[Result]:
+async def measure(
+    kind: str, args: argparse.Namespace, topic: str, log_dir: Path, root: Path = ROOT, label: str = ""
+) -> list[Result]:
     port = free_port()
-    process = start_server(kind, port, topic, args.bootstrap, log_dir, args.linger_ms)
+    process = start_server(kind, port, topic, args.bootstrap, log_dir, args.linger_ms, root)
+    name = f"{label}{kind}"
     results = []
     try:
         await wait_ready(port, process)
         payloads = requests_bytes()
-        print(f"{kind}: warming up", flush=True)
-        warmup = await drive(port, kind, 8, args.warmup, payloads, process.pid)
+        print(f"{name}: warming up", flush=True)
+        warmup = await drive(port, name, 8, args.warmup, payloads, process.pid)
         results.append(warmup)
         for concurrency, total in ((1, args.requests_c1), (64, args.requests_c64)):
-            result = await drive(port, kind, concurrency, total, payloads, process.pid)
+            result = await drive(port, name, concurrency, total, payloads, process.pid)
             print(result.line(), flush=True)
             results.append(result)
     finally:
         code = stop(process)
-        print(f"{kind}: server exited with {code}", flush=True)
+        print(f"{name}: server exited with {code}", flush=True)
     return results
 
 
-async def main(args: argparse.Namespace) -> int:
+def parse_checkouts(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Path]:
+    """This checkout as ".", then each `--checkout LABEL=DIR`."""
+    checkouts = {".": ROOT}
+    for item in items:
+        label, _, directory = item.partition("=")
+        if not label or label in checkouts or not Path(directory, "ingress", "__main__.py").is_file():
+            parser.error(f"--checkout {item!r}: expected a new LABEL=DIR, DIR a checkout of this project")
+        checkouts[label] = Path(directory).resolve()
+    return checkouts
+
+
+@dataclass
+class Round:
+    """One round of one checkout: its Kafka and no-op runs (warm-up, c=1, c=64 each)."""
+
+    kafka: list[Result]
+    noop: list[Result]
+
+    @property
+    def ratio(self) -> float:
+        """Kafka / no-op requests/s at c=64."""
+        return self.kafka[2].rps / self.noop[2].rps
+
+
+def median_line(label: str, results: list[Result]) -> str:
+    """Medians of the same run over the rounds (ranges in brackets)."""
+    rps = [r.rps for r in results]
+    p50 = [r.percentile(50) for r in results]
+    p99 = [r.percentile(99) for r in results]
+    cpu = [r.server_cpu / r.requests * 1e6 for r in results]
+    first = results[0]
+    return (
+        f"{label:<14} c={first.concurrency:<3} {statistics.median(rps):7.0f} req/s "
+        f"({min(rps):.0f}-{max(rps):.0f})"
+        f"  p50 {statistics.median(p50):6.2f} ms  p99 {statistics.median(p99):6.2f} ms "
+        f"({min(p99):.1f}-{max(p99):.1f})  server CPU/request {statistics.median(cpu):4.0f} us "
+        f"({min(cpu):.0f}-{max(cpu):.0f})"
+    )
+
+
+async def main(args: argparse.Namespace, checkouts: dict[str, Path]) -> int:
     topic = f"bench.ingress.{uuid.uuid4().hex[:8]}"
     await create_topic(args.bootstrap, topic, args.partitions)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-ingress-"))
@@ -255,20 +303,41 @@ async def main(args: argparse.Namespace) -> int:
         f"topic {topic} ({args.partitions} partitions) on {args.bootstrap}; server logs in {log_dir}",
         flush=True,
     )
-    kafka = await measure("kafka", args, topic, log_dir)
-    noop = await measure("noop", args, topic + ".unused", log_dir)
+    rounds: dict[str, list[Round]] = {label: [] for label in checkouts}
+    for number in range(1, args.rounds + 1):
+        for label, root in checkouts.items():
+            prefix = "" if label == "." else f"{label}:"
+            print(f"== round {number}/{args.rounds}, checkout {label} ({root})", flush=True)
+            kafka = await measure("kafka", args, topic, log_dir, root, prefix)
+            noop = await measure("noop", args, topic + ".unused", log_dir, root, prefix)
+            rounds[label].append(Round(kafka, noop))
 
-    accepted = sum(r.statuses.get(202, 0) for r in kafka)
+    accepted = sum(r.statuses.get(202, 0) for runs in rounds.values() for run in runs for r in run.kafka)
     stored = await records_on(args.bootstrap, topic, args.partitions)
-    k1, k64, n1, n64 = kafka[1], kafka[2], noop[1], noop[2]
-    print("\n== results (warm-up excluded)")
-    for result in (k1, k64, n1, n64):
-        print(result.line())
-    print(f"\nkafka c=64 / c=1 requests/s:   {k64.rps / k1.rps:6.1f}x   (target >= 15x)")
-    print(f"kafka c=64 p99:                {k64.percentile(99):6.2f} ms (target < 50 ms)")
-    print(f"kafka / no-op requests/s, c=1: {k1.rps / n1.rps:6.2f}")
-    print(f"kafka / no-op requests/s, c=64:{k64.rps / n64.rps:6.2f}")
-    print(f"noop c=64 / c=1 requests/s:    {n64.rps / n1.rps:6.1f}x")
+    print(f"\n== results (warm-up excluded), medians of {args.rounds} round(s) (range)")
+    for label, runs in rounds.items():
+        name = "this checkout" if label == "." else label
+        for kind, index in (("kafka", 1), ("kafka", 2), ("noop", 1), ("noop", 2)):
+            results = [getattr(run, kind)[index] for run in runs]
+            print(median_line(f"{name} {kind}", results))
+        ratios = [run.ratio for run in runs]
+        scaling = [run.kafka[2].rps / run.kafka[1].rps for run in runs]
+        print(
+            f"{name}: kafka / no-op req/s at c=64 {statistics.median(ratios):.2f} "
+            f"({min(ratios):.2f}-{max(ratios):.2f}); kafka c=64 / c=1 {statistics.median(scaling):.1f}x"
+        )
+    for label, runs in rounds.items():
+        if label == ".":
+            continue
+        # Per round, this checkout against the other one: both ran back to back.
+        pairs = list(zip(rounds["."], runs, strict=True))
+        speedup = [mine.kafka[2].rps / theirs.kafka[2].rps for mine, theirs in pairs]
+        noop_speedup = [mine.noop[2].rps / theirs.noop[2].rps for mine, theirs in pairs]
+        print(
+            f"this checkout / {label}, req/s at c=64: kafka {statistics.median(speedup):.2f} "
+            f"({min(speedup):.2f}-{max(speedup):.2f}), no-op {statistics.median(noop_speedup):.2f} "
+            f"({min(noop_speedup):.2f}-{max(noop_speedup):.2f})"
+        )
     print(f"2xx answers (incl. warm-up): {accepted}; records on {topic}: {stored}")
     if accepted != stored:
         print("MISMATCH: records on the topic differ from the 2xx answers", flush=True)
@@ -372,7 +441,7 @@ def serve_noop() -> None:
     uvloop.run(serve())
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args() -> tuple[argparse.Namespace, dict[str, Path]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -387,15 +456,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--fast-503", action="store_true", help="measure the fail-fast 503 on a broker of its own instead"
     )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat everything; medians are reported")
+    parser.add_argument(
+        "--checkout",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run the ingress of another checkout of the project (e.g. a git worktree of an earlier "
+        "commit) in every round, to compare a change side by side; repeatable",
+    )
     parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
-    return parser.parse_args()
+    args = parser.parse_args()
+    return args, parse_checkouts(parser, args.checkout)
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
+    arguments, checkouts = parse_args()
     if arguments.serve_noop:
         serve_noop()
     else:
         import uvloop
 
-        sys.exit(uvloop.run(fast_503(arguments) if arguments.fast_503 else main(arguments)))
+        sys.exit(uvloop.run(fast_503(arguments) if arguments.fast_503 else main(arguments, checkouts)))
