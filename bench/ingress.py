@@ -10,8 +10,9 @@ the Kafka produce replaced by a no-op. Drives both with realistic bodies (the re
 Results Released webhook, a different user per request) over keep-alive connections, checks that
 the records on the topic equal the 2xx answers, and prints the figures and ratios. With `--rounds N`
 it does that N times and prints the medians; each `--checkout LABEL=DIR` also runs the ingress of
-another checkout of the project (a git worktree of an earlier commit) in every round, right after
-this one's, so that a change is measured side by side under the same machine load.
+another checkout of the project (a git worktree of an earlier commit) in every round, next to this
+one's (every other round in reverse order), so that a change is measured side by side under the
+same machine load.
 
     .venv/bin/python bench/ingress.py --fast-503
 
@@ -305,7 +306,9 @@ async def main(args: argparse.Namespace, checkouts: dict[str, Path]) -> int:
     )
     rounds: dict[str, list[Round]] = {label: [] for label in checkouts}
     for number in range(1, args.rounds + 1):
-        for label, root in checkouts.items():
+        # Every other round in reverse order: whichever runs first does not always meet the same load.
+        order = list(checkouts.items()) if number % 2 else list(reversed(checkouts.items()))
+        for label, root in order:
             prefix = "" if label == "." else f"{label}:"
             print(f"== round {number}/{args.rounds}, checkout {label} ({root})", flush=True)
             kafka = await measure("kafka", args, topic, log_dir, root, prefix)
