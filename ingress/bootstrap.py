@@ -71,8 +71,9 @@ def server_config(app: IngressApp, settings: IngressSettings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         loop="none",  # the running loop (uvloop, see main) is the one the producer lives on
-        # httptools, headers bounded, each answer's head and body in one write (ingress/transport.py).
-        http=http_protocol(settings.http_impl, settings.max_header_bytes),
+        # uvicorn's httptools protocol behind our transports (ingress/transport.py): heads bounded,
+        # each answer in one write, lingering close.
+        http=http_protocol(settings.http_impl, settings.max_header_bytes, settings.max_body_bytes),
         limit_concurrency=settings.limit_concurrency,
         ws="none",  # the app serves no WebSocket; nothing to upgrade to
         lifespan="off",
@@ -85,13 +86,13 @@ def server_config(app: IngressApp, settings: IngressSettings) -> uvicorn.Config:
 
 
 def admin_server_config(app: AdminApp, settings: IngressSettings) -> uvicorn.Config:
-    """uvicorn's settings for the admin app: uvicorn's httptools protocol, headers bounded."""
+    """uvicorn's settings for the admin app: uvicorn's httptools protocol and writes, heads bounded."""
     return uvicorn.Config(
         app,
         host=settings.admin_host or settings.host,
         port=settings.admin_port,
         loop="none",
-        http=http_protocol("httptools", settings.max_header_bytes),
+        http=http_protocol("httptools", settings.max_header_bytes, settings.max_body_bytes),
         limit_concurrency=ADMIN_LIMIT_CONCURRENCY,
         ws="none",
         lifespan="off",

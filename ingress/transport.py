@@ -1,47 +1,80 @@
-"""One socket write per HTTP answer.
+"""uvicorn's HTTP protocol behind transports of our own, through public APIs only.
 
-uvicorn's httptools protocol writes the status line and headers as soon as the app sends
-`http.response.start`, and the body in a second write. On loopback, each write is a `send` syscall,
-a TCP segment and a wake-up of the reader: measured with `bench/ingress.py`, joining the two cut the
-server's CPU per request by about 15 % and the client's by half.
+uvicorn takes any protocol class as `Config(http=...)`. `http_protocol(...)` returns one:
+`HttpConnection`, an `asyncio.Protocol` of ours that holds (by composition, no subclassing) the
+protocol uvicorn itself runs for `http="httptools"` (its class found through the public
+`uvicorn.Config`), passes it everything the socket says, and hands it, in `connection_made`, our
+transport instead of the socket's. uvicorn's protocol only uses the public `asyncio.Transport` API
+on what it is given, so no uvicorn upgrade can break this in a way its own API would not.
 
-`CoalescingTransport` holds what is written during one turn of the event loop and hands it to the
-real transport as one write at the start of the next turn (`loop.call_soon`). Nothing is reordered
-or dropped: `close()` writes what is pending first. `OneWriteHttpToolsProtocol` is uvicorn's
-protocol over that transport, passed as `uvicorn.Config(http=...)`.
+What the layer does, for every connection:
 
-`HeadLimitedHttpToolsProtocol` (which the one-write protocol extends) bounds the request line and
-headers: httptools itself accepts any amount. Above the limit the client gets 431 and the
-connection is closed. `http_protocol(...)` builds the class `uvicorn.Config(http=...)` takes.
-
-Both protocols close connections through `ingress.lingering.LingeringCloseTransport`, so an answer
-that closes the connection (413, 408, 431, 400, 500, 503) reaches a client that is still sending.
+- **One socket write per answer** (`AnswerTransport`): uvicorn writes the status line and headers
+  as soon as the app sends `http.response.start`, and the body in a second write. On loopback each
+  write is a `send` syscall, a TCP segment and a wake-up of the reader: joining them cut the
+  server's CPU per request by about 16 % and the client's by half (docs/performance.md). The writes
+  of one event-loop turn leave as one write at the start of the next turn; `close()` writes what is
+  pending first.
+- **A bound on the request head**: httptools keeps a header in memory, however long, until it ends
+  (measured: a 25 MiB header is accepted). Bytes received from the start of a request until the
+  blank line that ends its head count against `max_head_bytes`; a connection that sends more
+  without getting an answer than a whole request may hold (`max_unanswered_bytes`: head and body
+  limits, with room for chunk framing) is stopped too. Either way the client gets 431
+  (text/plain) and the connection is closed.
+- **The lingering close** (`ingress.lingering`): an answer that closes the connection (413, 408,
+  431, 400, 500, 503) reaches a client that is still sending.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, cast
 
-import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+import structlog
+import uvicorn
 
 from ingress.lingering import LingeringCloseTransport
 
 HttpImpl = Literal["one-write", "httptools"]
+log = structlog.get_logger("ingress")
+
+HEAD_TOO_LARGE = b"Request Header Fields Too Large"
+HEAD_TOO_LARGE_ANSWER = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(HEAD_TOO_LARGE), HEAD_TOO_LARGE)
+)
+# An interim answer (100 Continue) does not end a request: its body follows.
+INTERIM = b"HTTP/1.1 1"
 
 
-class CoalescingTransport(asyncio.Transport):
-    """Wraps a transport: the writes of one event-loop turn leave as one write."""
+class AnswerTransport(asyncio.Transport):
+    """Wraps a transport: tells `answered` of each answer written, and (`coalesce`) joins the
+    writes of one event-loop turn into one write."""
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        coalesce: bool = True,
+        answered: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__()
         self._transport = transport
         self._loop = loop
+        self._coalesce = coalesce
+        self._answered = answered
         self._pending: list[bytes] = []
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue `data`; it goes out with everything else written before the loop turns."""
+        """Write `data`; with `coalesce`, with everything else written before the loop turns."""
+        if self._answered is not None and data[: len(INTERIM)] != INTERIM:
+            self._answered()
+        if not self._coalesce:
+            self._transport.write(data)
+            return
         if not self._pending:
             self._loop.call_soon(self.flush)
         self._pending.append(bytes(data))
@@ -102,114 +135,116 @@ class CoalescingTransport(asyncio.Transport):
         return self._transport.get_write_buffer_limits()
 
 
-class HeadTooLarge(Exception):
-    """The request line and headers passed the limit."""
+class HttpConnection(asyncio.Protocol):
+    """One connection: uvicorn's HTTP protocol (held, not subclassed) behind our transports.
 
-
-class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a limit on the bytes of the request line and headers.
-
-    Two counts, either of which refuses: the exact bytes of the URL and of each complete header
-    (many headers in one read), and the bytes of reads that arrive entirely while a head is being
-    parsed (one endless header, which httptools keeps in memory until it ends).
+    `http_protocol(...)` makes the subclass uvicorn instantiates, with the class attributes set.
     """
 
-    max_head_bytes = 16 * 1024
+    http_class: ClassVar[Callable[..., asyncio.Protocol]]
+    coalesce: ClassVar[bool] = True
+    max_head_bytes: ClassVar[int] = 16 * 1024
+    max_unanswered_bytes: ClassVar[int] = 16 * 1024 + 2 * 1024 * 1024
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._in_head = True
-        self._heads_done = 0
-        self._head_bytes = 0  # exact: URL and headers of the current request
-        self._head_reads = 0  # reads spent entirely in the current head
-        super().connection_made(self.wrap_transport(LingeringCloseTransport(transport)))
+    def __init__(self, **uvicorn_arguments: Any) -> None:
+        # Whatever uvicorn passes a protocol class (config, server state, ...), passed on unchanged.
+        self._http = self.http_class(**uvicorn_arguments)
+        self._transport: AnswerTransport | None = None
+        self._in_head = True  # between the end of an answer and the end of the next head
+        self._head_bytes = 0
+        self._tail = b""  # the end of the head so far: its terminator may straddle two reads
+        self._unanswered = 0  # bytes received since the latest answer
 
-    def wrap_transport(self, transport: asyncio.Transport) -> asyncio.Transport:
-        """The transport the HTTP protocol writes to, over the lingering one (here: that one)."""
-        return transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = AnswerTransport(
+            LingeringCloseTransport(cast(asyncio.Transport, transport)),
+            asyncio.get_running_loop(),
+            coalesce=self.coalesce,
+            answered=self._answered,
+        )
+        self._http.connection_made(self._transport)
 
     def data_received(self, data: bytes) -> None:
-        was_in_head, heads_done = self._in_head, self._heads_done
-        self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, HeadTooLarge):
-                self._refuse_head()
+        self._unanswered += len(data)
+        if self._in_head:
+            probe = self._tail + data if self._tail else data
+            end = _head_end(probe)
+            if end < 0:
+                self._head_bytes += len(data)
+                self._tail = probe[-2:]
             else:
-                self.logger.warning("Invalid HTTP request received.")
-                self.send_400_response("Invalid HTTP request received.")
-            return
-        except httptools.HttpParserError:
-            self.logger.warning("Invalid HTTP request received.")
-            self.send_400_response("Invalid HTTP request received.")
-            return
-        except httptools.HttpParserUpgrade:
-            # No WebSocket here (ws="none"): uvicorn only warns, as it does.
-            if self._should_upgrade():  # pragma: no cover
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
-            return
-        if was_in_head and self._in_head and heads_done == self._heads_done:
-            self._head_reads += len(data)
-            if self._head_reads > self.max_head_bytes:
+                self._head_bytes += end - len(self._tail)
+                self._in_head = False
+                self._tail = b""
+            if self._head_bytes > self.max_head_bytes:
                 self._refuse_head()
+                return
+        if self._unanswered > self.max_unanswered_bytes:
+            self._refuse_head()
+            return
+        self._http.data_received(data)
 
-    def on_message_begin(self) -> None:
+    def eof_received(self) -> bool | None:
+        return self._http.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._http.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._http.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._http.resume_writing()
+
+    def _answered(self) -> None:
+        # Answers are written once the body was read (or the connection closes after them): what
+        # arrives next starts a new request.
         self._in_head = True
-        self._head_bytes = 0
-        super().on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        self._count_head(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._heads_done += 1
-        self._head_reads = 0
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._in_head = True
-
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self.max_head_bytes:
-            raise HeadTooLarge
+        self._head_bytes = self._unanswered = 0
+        self._tail = b""
 
     def _refuse_head(self) -> None:
-        if self.transport.is_closing():
+        transport = self._transport
+        if transport is None or transport.is_closing():
             return
-        self.logger.warning("Request headers over %d bytes: 431", self.max_head_bytes)
-        message = b"Request Header Fields Too Large"
-        self.transport.write(
-            b"".join(
-                [
-                    STATUS_LINE[431],
-                    b"content-type: text/plain; charset=utf-8\r\n",
-                    b"content-length: %d\r\n" % len(message),
-                    b"connection: close\r\n\r\n",
-                    message,
-                ]
-            )
-        )
-        self.transport.close()
+        log.warning("request_head_too_large", status=431, max_head_bytes=self.max_head_bytes)
+        transport.write(HEAD_TOO_LARGE_ANSWER)
+        transport.close()
 
 
-class OneWriteHttpToolsProtocol(HeadLimitedHttpToolsProtocol):
-    """uvicorn's httptools protocol (head limited), writing through a `CoalescingTransport`."""
+def _head_end(data: bytes) -> int:
+    """Index just past the blank line that ends a request head in `data`, or -1.
 
-    def wrap_transport(self, transport: asyncio.Transport) -> asyncio.Transport:
-        return CoalescingTransport(transport, asyncio.get_running_loop())
+    Both CRLF and bare-LF line ends: a header value holds no LF, so the first empty line is the end.
+    """
+    crlf = data.find(b"\n\r\n")
+    lf = data.find(b"\n\n")
+    if crlf < 0:
+        return lf + 2 if lf >= 0 else -1
+    if lf < 0 or crlf < lf:
+        return crlf + 3
+    return lf + 2
 
 
-def http_protocol(impl: HttpImpl, max_head_bytes: int) -> type[HeadLimitedHttpToolsProtocol]:
-    """The protocol class for `uvicorn.Config(http=...)`: one write per answer, or uvicorn's writes."""
-    base = OneWriteHttpToolsProtocol if impl == "one-write" else HeadLimitedHttpToolsProtocol
-    return type(base.__name__, (base,), {"max_head_bytes": max_head_bytes})
+def uvicorn_http_class(name: str = "httptools") -> Callable[..., asyncio.Protocol]:
+    """The protocol class uvicorn runs for `Config(http=name)`, found through its public Config."""
+    config = uvicorn.Config(_no_app, http=name, ws="none", lifespan="off", log_config=None)
+    config.load()
+    return config.http_protocol_class
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    """Only there for `uvicorn_http_class`'s Config: it never serves."""
+
+
+def http_protocol(impl: HttpImpl, max_head_bytes: int, max_body_bytes: int) -> type[asyncio.Protocol]:
+    """The protocol class for `uvicorn.Config(http=...)`: uvicorn's httptools protocol behind our
+    transports; `one-write` joins each answer's writes, `httptools` keeps uvicorn's writes."""
+    attributes = {
+        "http_class": uvicorn_http_class("httptools"),
+        "coalesce": impl == "one-write",
+        "max_head_bytes": max_head_bytes,
+        # A whole request: its head and body, and the body's chunk framing (hex sizes and CRLFs).
+        "max_unanswered_bytes": max_head_bytes + 2 * max_body_bytes,
+    }
+    return type(HttpConnection.__name__, (HttpConnection,), attributes)

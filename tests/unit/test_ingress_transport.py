@@ -1,12 +1,13 @@
-"""Our transports: one write per loop turn (`CoalescingTransport`), and the lingering close."""
+"""Our transports: one write per loop turn (`AnswerTransport`), the head bound of `HttpConnection`,
+and the lingering close."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from ingress.lingering import LingeringCloseTransport
-from ingress.transport import CoalescingTransport
+from ingress.transport import AnswerTransport, HttpConnection, http_protocol, uvicorn_http_class
 
 
 class FakeTransport(asyncio.Transport):
@@ -34,7 +35,7 @@ class FakeTransport(asyncio.Transport):
 
 async def test_the_writes_of_one_loop_turn_leave_as_one_write_on_the_next_turn() -> None:
     real = FakeTransport()
-    transport = CoalescingTransport(real, asyncio.get_running_loop())
+    transport = AnswerTransport(real, asyncio.get_running_loop())
 
     transport.write(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n")
     transport.write(b"{}")
@@ -46,7 +47,7 @@ async def test_the_writes_of_one_loop_turn_leave_as_one_write_on_the_next_turn()
 
 async def test_writes_of_later_turns_follow_in_order() -> None:
     real = FakeTransport()
-    transport = CoalescingTransport(real, asyncio.get_running_loop())
+    transport = AnswerTransport(real, asyncio.get_running_loop())
 
     transport.write(b"first")
     await asyncio.sleep(0)
@@ -59,7 +60,7 @@ async def test_writes_of_later_turns_follow_in_order() -> None:
 
 async def test_close_writes_what_is_pending_first_and_nothing_after() -> None:
     real = FakeTransport()
-    transport = CoalescingTransport(real, asyncio.get_running_loop())
+    transport = AnswerTransport(real, asyncio.get_running_loop())
 
     transport.write(b"HTTP/1.1 413 Content Too Large\r\n\r\n")
     transport.close()
@@ -73,12 +74,153 @@ async def test_close_writes_what_is_pending_first_and_nothing_after() -> None:
 
 async def test_the_rest_is_the_real_transports() -> None:
     real = FakeTransport()
-    transport = CoalescingTransport(real, asyncio.get_running_loop())
+    transport = AnswerTransport(real, asyncio.get_running_loop())
 
     transport.write(b"abc")
     assert transport.get_write_buffer_size() >= 3
     assert transport.get_extra_info("peername") == ("127.0.0.1", 4242)
     await asyncio.sleep(0)
+
+
+async def test_without_coalescing_each_write_leaves_at_once() -> None:
+    real = FakeTransport()
+    transport = AnswerTransport(real, asyncio.get_running_loop(), coalesce=False)
+
+    transport.write(b"head")
+    transport.write(b"body")
+
+    assert real.writes == [b"head", b"body"]
+
+
+async def test_every_write_but_an_interim_100_continue_counts_as_an_answer() -> None:
+    answers: list[str] = []
+    transport = AnswerTransport(
+        FakeTransport(), asyncio.get_running_loop(), answered=lambda: answers.append("x")
+    )
+
+    transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert answers == []
+    transport.write(b"HTTP/1.1 202 Accepted\r\n\r\n")
+    assert answers == ["x"]
+    await asyncio.sleep(0)
+
+
+class RecordingHttp(asyncio.Protocol):
+    """Stands in for uvicorn's protocol: records what it is given."""
+
+    def __init__(self, **arguments: Any) -> None:
+        self.arguments = arguments
+        self.received: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+def connection(*, max_head_bytes: int = 100, max_body_bytes: int = 1000) -> tuple[Any, FakeSocketTransport]:
+    """An `HttpConnection` over a fake socket, holding a `RecordingHttp`."""
+    cls = type(
+        "Connection",
+        (HttpConnection,),
+        {
+            "http_class": RecordingHttp,
+            "max_head_bytes": max_head_bytes,
+            "max_unanswered_bytes": max_head_bytes + 2 * max_body_bytes,
+        },
+    )
+    protocol = cls(config="the config", server_state="the state")
+    real = FakeSocketTransport(protocol)
+    protocol.connection_made(real)
+    return protocol, real
+
+
+async def test_uvicorns_protocol_gets_uvicorns_arguments_every_byte_and_our_transport() -> None:
+    protocol, real = connection()
+    http = protocol._http
+
+    protocol.data_received(b"POST / HTTP/1.1\r\n")
+    protocol.data_received(b"content-length: 2\r\n\r\n{}")
+
+    assert http.arguments == {"config": "the config", "server_state": "the state"}
+    assert b"".join(http.received) == b"POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}"
+    assert isinstance(http.transport, AnswerTransport)
+    assert http.transport.get_extra_info("peername") == real.get_extra_info("peername")
+
+
+async def test_a_head_over_the_limit_gets_431_and_the_connection_closes() -> None:
+    protocol, real = connection(max_head_bytes=100)
+
+    protocol.data_received(b"POST / HTTP/1.1\r\n")
+    protocol.data_received(b"x-junk: " + b"a" * 100)
+    await asyncio.sleep(0)
+
+    assert real.writes[0].startswith(b"HTTP/1.1 431 ")
+    assert real.eof_written  # the lingering close: FIN after the answer
+    assert protocol._http.received == [b"POST / HTTP/1.1\r\n"]  # uvicorn never saw the rest
+
+
+async def test_the_body_after_the_head_does_not_count_against_the_head_limit() -> None:
+    protocol, real = connection(max_head_bytes=100, max_body_bytes=1000)
+    # The blank line that ends the head straddles two reads.
+    reads = [b"POST / HTTP/1.1\r\ncontent-length: 900\r\n\r", b"\n" + b"x" * 450, b"x" * 450]
+
+    for data in reads:
+        protocol.data_received(data)
+    await asyncio.sleep(0)
+
+    assert real.writes == []
+    assert protocol._http.received == reads
+
+
+async def test_after_an_answer_the_next_head_is_counted_afresh() -> None:
+    protocol, real = connection(max_head_bytes=100)
+    request = b"POST / HTTP/1.1\r\nx: " + b"a" * 60 + b"\r\n\r\n"
+
+    for _ in range(3):
+        protocol.data_received(request)
+        protocol._http.transport.write(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+    await asyncio.sleep(0)
+
+    answers = b"".join(real.writes)
+    assert answers.count(b"HTTP/1.1 202 ") == 3
+    assert b" 431 " not in answers
+
+
+async def test_a_connection_that_sends_more_than_a_whole_request_without_an_answer_gets_431() -> None:
+    protocol, real = connection(max_head_bytes=100, max_body_bytes=1000)
+
+    protocol.data_received(b"\r\n\r\n")  # an early blank line must not switch the bound off
+    for _ in range(30):
+        protocol.data_received(b"x" * 100)
+    await asyncio.sleep(0)
+
+    assert real.writes[0].startswith(b"HTTP/1.1 431 ")
+
+
+async def test_bare_lf_line_ends_also_end_a_head() -> None:
+    protocol, real = connection(max_head_bytes=100)
+
+    protocol.data_received(b"POST / HTTP/1.1\ncontent-length: 500\n\n" + b"x" * 500)
+
+    assert real.writes == []
+
+
+def test_the_inner_protocol_is_the_one_uvicorn_runs_for_httptools() -> None:
+    inner = uvicorn_http_class("httptools")
+    made = cast(type[HttpConnection], http_protocol("one-write", 4096, 1024))
+
+    assert issubclass(made, HttpConnection)
+    assert made.http_class is inner
+    assert made.max_head_bytes == 4096
+    assert made.coalesce
+    assert not cast(type[HttpConnection], http_protocol("httptools", 4096, 1024)).coalesce
 
 
 class FakeSocketTransport(FakeTransport):
