@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import structlog
 import uvicorn
 
+from common.gc_tuning import tune_after_startup
 from common.logging import configure_logging
 from common.settings import EXIT_INVALID_SETTINGS, InvalidSettings, load_settings
 from common.tracing import NO_TRACING, Tracing, configure_tracing
@@ -163,12 +164,15 @@ async def _serve(server: uvicorn.Server) -> bool:
 
 
 async def run_server(app: IngressApp, settings: IngressSettings) -> None:
-    """Serve the public and the admin port until SIGTERM or SIGINT, then finish the requests in flight;
-    a second signal stops waiting for them."""
+    """Tune the garbage collector, serve the public and the admin port until SIGTERM or SIGINT, then
+    finish the requests in flight; a second signal stops waiting for them."""
     servers = IngressServers(app, settings)
     loop = asyncio.get_running_loop()
     for sig in SIGNALS:
         loop.add_signal_handler(sig, servers.stop)
+    # Up (modules imported, producer started), not serving yet: the records and futures aiokafka holds
+    # until Kafka acknowledges were promoted and set off 53 ms full collections (docs/performance.md).
+    log.info("gc_tuned", frozen_objects=tune_after_startup())
     try:
         await servers.serve()
     finally:
