@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic_core import from_json
 
 from common import tracing as otel
 from common.readiness import readiness
@@ -96,7 +97,24 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or `InvalidBody` with a short reason."""
+    """The body as a JSON object, or `InvalidBody` with a short reason.
+
+    pydantic_core's parser (Rust) reads a 3.3 KB webhook at a fraction of the standard library's
+    cost. It refuses a little more than the standard library does (lone surrogates such as
+    `"\\ud800"`, nesting deeper than 200), never less, and gives the same values; so whatever it
+    refuses goes through `parse_object_stdlib`, which decides, with the reasons answered so far.
+    """
+    try:
+        document = from_json(body, allow_inf_nan=False)
+    except ValueError:
+        return parse_object_stdlib(body)
+    if not isinstance(document, dict):
+        raise InvalidBody("body is JSON but not an object")
+    return document
+
+
+def parse_object_stdlib(body: bytes) -> dict[str, Any]:
+    """`parse_object` with the standard library's parser: the reference for what is refused, and why."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

@@ -12,8 +12,19 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ingress.app import IngressApp, create_app, is_json_media_type, received_at, webhook_id
+from ingress.app import (
+    IngressApp,
+    InvalidBody,
+    create_app,
+    is_json_media_type,
+    parse_object,
+    parse_object_stdlib,
+    received_at,
+    webhook_id,
+)
 from ingress.metrics import METRIC_PREFIX
 from ingress.openapi import SERVER_RESPONSES, WEBHOOK_RESPONSES
 from ingress.producer import Delivery, ProduceFailed
@@ -712,3 +723,63 @@ async def test_an_unauthenticated_post_with_a_malformed_path_event_name_gets_401
     response = await client.post("/webhooks/a%2Fb", content=b"{}", headers=JSON)
 
     assert response.status_code == 401
+
+
+def parsed(parse: Any, body: bytes) -> tuple[str, Any]:
+    """What a parser makes of `body`: ("object", the dict) or ("refused", the reason)."""
+    try:
+        return "object", parse(body)
+    except InvalidBody as exc:
+        return "refused", str(exc)
+
+
+# Bodies where pydantic_core's parser and the standard library's could part ways.
+EDGE_BODIES = [
+    b'{"a":1',
+    b"[1]",
+    b'{"a":NaN}',
+    b'{"a":-Infinity}',
+    b'{"a":1e400}',
+    b'{"a":"\\ud800"}',
+    b'{"\\ud800":1}',
+    b'{"a":"\\udc00\\ud800"}',
+    b'{"a":"\\ud83d\\ude00"}',
+    b'{"a":1,"a":2}',
+    b'{"a":' + b"9" * 4300 + b"}",
+    b'{"a":' + b"9" * 4301 + b"}",
+    b'{"a":"\xff"}',
+    b'{"a":"\xed\xa0\x80"}',
+    b'{"a":"\xc0\xaf"}',
+    b"\xef\xbb\xbf{}",
+    b'{"a":' + b"[" * 300 + b"]" * 300 + b"}",
+    b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"a":"\x01"}',
+    b'{"a":"\\u0000"}',
+    b'{"a":01}',
+    b'{"a":1,}',
+    b"{'a':1}",
+    b"",
+    b" \t\r\n{} \n",
+    b'{\x0c"a":1}',
+    b'{"a":1}\x00',
+    b'{"user":{"id":12345678901234567890123}}',
+    b'{"user":{"id":1.0},"attempt":{"id":"at_1"}}',
+]
+
+
+@pytest.mark.parametrize("body", EDGE_BODIES)
+def test_the_fast_parser_answers_every_body_as_the_standard_librarys_did(body: bytes) -> None:
+    assert parsed(parse_object, body) == parsed(parse_object_stdlib, body)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+        max_leaves=20,
+    )
+)
+def test_any_json_document_is_parsed_alike_by_both_parsers(document: Any) -> None:
+    body = json.dumps({"doc": document}).encode()
+
+    assert parsed(parse_object, body) == parsed(parse_object_stdlib, body)
