@@ -429,14 +429,13 @@ def serve_noop() -> None:
     """The same app and server as `python -m ingress`, with a producer that stores nothing."""
     import uvloop
 
-    from common.logging import configure_logging
     from ingress.app import create_app
-    from ingress.bootstrap import run_server
+    from ingress.bootstrap import configure_ingress_logging, run_server
     from ingress.producer import NoopProducer
     from ingress.settings import IngressSettings
 
     settings = IngressSettings()
-    configure_logging("ingress-noop", settings.log_level)
+    configure_ingress_logging("ingress-noop", settings.log_level)
 
     async def serve() -> None:
         await run_server(create_app(settings, producer=NoopProducer()), settings)

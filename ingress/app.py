@@ -32,6 +32,7 @@ from ingress.auth import BASIC_REALM, WEBHOOK_ID, AuthenticationFailed, Authenti
 from ingress.metrics import IngressMetrics
 from ingress.openapi import WEBHOOK_RESPONSES, openapi_document
 from ingress.producer import KafkaUnreachable, ProduceFailed, Readiness, RecordProducer, RecordTooLarge
+from ingress.requestlog import request_log
 from ingress.settings import IngressSettings
 
 Scope = MutableMapping[str, Any]
@@ -337,16 +338,17 @@ class WebhookEndpoint:
 
     def _count_and_log(self, answer: Answer, context: dict[str, Any], started: float) -> None:
         self._metrics.count_request(answer.status)
-        (log.error if answer.status >= 500 and "error" in context else log.info)(
-            "webhook",
-            status=answer.status,
-            size=context["size"],
-            latency_ms=round((time.perf_counter() - started) * 1000, 2),
-            webhook_id=context["webhook_id"],
-            event_name=context["event_name"],
-            reason=answer.reason,
-            **({"error": context["error"]} if "error" in context else {}),
-        )
+        fields = {
+            "status": answer.status,
+            "size": context["size"],
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "webhook_id": context["webhook_id"],
+            "event_name": context["event_name"],
+            "reason": answer.reason,
+        }
+        if "error" in context:
+            fields["error"] = context["error"]
+        request_log.write(answer.status >= 500 and "error" in context, fields)
 
     def _reject(
         self, status: int, reason: str, headers: RawHeaders | None = None, *, log_reason: str | None = None

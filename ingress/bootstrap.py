@@ -26,6 +26,7 @@ from common.settings import EXIT_INVALID_SETTINGS, InvalidSettings, load_setting
 from common.tracing import NO_TRACING, Tracing, configure_tracing
 from ingress.app import AdminApp, IngressApp, create_app
 from ingress.producer import KafkaRecordProducer
+from ingress.requestlog import request_log
 from ingress.settings import IngressSettings
 from ingress.transport import http_protocol
 
@@ -209,6 +210,14 @@ async def serve(settings: IngressSettings, tracing: Tracing = NO_TRACING) -> Non
         log.info("ingress_stopped")
 
 
+def configure_ingress_logging(service: str, level: str) -> None:
+    """The project's logging; the request lines rendered directly when the lines are JSON."""
+    configure_logging(service, level)
+    # The same test configure_logging makes: JSON lines unless stdout is a terminal.
+    if not sys.stdout.isatty():
+        request_log.direct_to(sys.stdout, level)
+
+
 def main() -> None:
     """`python -m ingress`: exit 0 after a signal, 2 on invalid settings, 1 when a server failed."""
     import uvloop
@@ -219,7 +228,7 @@ def main() -> None:
     except InvalidSettings as exc:
         print(f"ingress: invalid settings: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_INVALID_SETTINGS) from None
-    configure_logging("ingress", settings.log_level)
+    configure_ingress_logging("ingress", settings.log_level)
     try:
         uvloop.run(serve(settings, tracing))
     except ServerFailed as exc:
