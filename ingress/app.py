@@ -280,6 +280,7 @@ class WebhookEndpoint:
         self._topic_json = _json_string(settings.raw_topic)
         self._max_body = settings.max_body_bytes
         self._body_timeout = settings.body_read_timeout_seconds
+        self._produce_timeout = settings.produce_timeout_seconds
         unauthorized: RawHeaders = []
         if authenticator.challenges_basic:
             unauthorized.append((b"www-authenticate", BASIC_REALM.encode()))
@@ -377,18 +378,36 @@ class WebhookEndpoint:
         if declared is not None and declared.isdigit():
             if len(declared) > MAX_CONTENT_LENGTH_DIGITS or int(declared) > self._max_body:
                 return self._too_large()
+        # One deadline per request, one timer: the body read's, then moved to the produce's.
         try:
-            async with asyncio.timeout(self._body_timeout):
+            async with asyncio.timeout(self._body_timeout) as deadline:
                 body = await self._read_body(receive, context)
+                if body is None:
+                    return self._too_large()
+                context["producing"] = False
+                return await self._check_and_produce(headers, body, context, deadline, span, subscribed)
         except TimeoutError:
-            return self._reject(
-                408,
-                f"body not received within {self._body_timeout:g} s",
-                [(b"connection", b"close")],
-            )
-        if body is None:
-            return self._too_large()
+            if "producing" not in context:
+                return self._reject(
+                    408,
+                    f"body not received within {self._body_timeout:g} s",
+                    [(b"connection", b"close")],
+                )
+            if not context["producing"]:
+                raise  # not ours: nothing between the body and the produce awaits
+            return self._unavailable(f"no acknowledgement within {self._produce_timeout:g} s")
 
+    async def _check_and_produce(
+        self,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        context: dict[str, Any],
+        deadline: asyncio.Timeout,
+        span: Span | None,
+        subscribed: str | None,
+    ) -> Answer:
+        """Every check after the body read, then the produce, bounded by `deadline` moved to the
+        produce timeout."""
         try:
             self._authenticator.verify(headers, body)
         except AuthenticationFailed as exc:
@@ -430,8 +449,14 @@ class WebhookEndpoint:
             record_headers.extend(otel.kafka_headers(produce_span))
         produce_started = time.perf_counter()
         tried = True
+        deadline.reschedule(asyncio.get_running_loop().time() + self._produce_timeout)
+        context["producing"] = True
         try:
             delivery = await self._producer.produce(self._topic, body, key, record_headers)
+        except asyncio.CancelledError:
+            if deadline.expired():  # our deadline: answered 503 by `handle`
+                _fail(produce_span, ProduceFailed(f"no acknowledgement within {self._produce_timeout:g} s"))
+            raise
         except KafkaUnreachable as exc:
             # Answered at once, without waiting out the produce timeout: there is no produce to time.
             tried = False

@@ -1,8 +1,10 @@
 """Putting bodies on Kafka: an idempotent acks=all producer that answers only with an acknowledgement.
 
 `KafkaRecordProducer.produce` returns the partition and offset once the broker has the record, or
-raises `ProduceFailed` (no acknowledgement within the timeout, broker unreachable, producer being
-rebuilt), or `RecordTooLarge` when the record cannot be stored on the topic at all. It never gives
+raises `ProduceFailed` (Kafka refused it, broker unreachable, producer being rebuilt), or
+`RecordTooLarge` when the record cannot be stored on the topic at all. How long it may wait for the
+acknowledgement is the caller's: the app bounds each request with one deadline (ingress/app.py),
+moved from the body read to the produce, and answers 503 when it passes. It never gives
 up for good: while Kafka is away it keeps reconnecting in the background, and the aiokafka producer
 is replaced by a fresh one (new producer id, sequence numbers from 0) when its sender task died, when
 the broker answers with an error of the idempotent producer's state (OutOfOrderSequenceNumber,
@@ -126,7 +128,7 @@ class RecordProducer(Protocol):
 
     async def produce(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Delivery:
         """Store one record and return where it went, or raise `ProduceFailed` (`KafkaUnreachable`
-        at once, without trying, while `unreachable()` says why)."""
+        at once, without trying, while `unreachable()` says why). The caller bounds the wait."""
         ...
 
     def unreachable(self) -> str | None:
@@ -200,7 +202,8 @@ class KafkaRecordProducer:
     async def produce(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Delivery:
         """Store one record and return where it went, or raise `ProduceFailed` / `RecordTooLarge`.
 
-        While `unreachable()` says why, `KafkaUnreachable` at once: nothing is sent.
+        While `unreachable()` says why, `KafkaUnreachable` at once: nothing is sent. The caller
+        bounds the wait for the acknowledgement (a cancelled wait leaves the record to aiokafka).
         """
         reason = self.unreachable()
         if reason is not None:
@@ -208,17 +211,14 @@ class KafkaRecordProducer:
             raise KafkaUnreachable(reason)
         producer = self._producer.current
         try:
-            async with asyncio.timeout(self._timeout):
-                try:
-                    future = await producer.send(topic, value, key=key, headers=list(headers))
-                except MessageSizeTooLargeError as exc:
-                    # Refused by aiokafka itself (max_request_size, capped at the topic's limit):
-                    # no sequence number was taken, the producer is fine.
-                    raise RecordTooLarge(str(exc)) from None
-                # Shielded: cancelling aiokafka's future would not stop the record, only our view of it.
-                metadata = await asyncio.shield(future)
-        except TimeoutError:
-            raise ProduceFailed(f"no acknowledgement within {self._timeout:g} s") from None
+            try:
+                future = await producer.send(topic, value, key=key, headers=list(headers))
+            except MessageSizeTooLargeError as exc:
+                # Refused by aiokafka itself (max_request_size, capped at the topic's limit):
+                # no sequence number was taken, the producer is fine.
+                raise RecordTooLarge(str(exc)) from None
+            # Shielded: cancelling aiokafka's future would not stop the record, only our view of it.
+            metadata = await asyncio.shield(future)
         except MessageSizeTooLargeError as exc:
             # Refused by the broker (its limit is lower than the one read at connection time): the
             # batch's sequence number is lost, so the next batch would get OutOfOrderSequenceNumber.

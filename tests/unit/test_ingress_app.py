@@ -783,3 +783,60 @@ def test_any_json_document_is_parsed_alike_by_both_parsers(document: Any) -> Non
     body = json.dumps({"doc": document}).encode()
 
     assert parsed(parse_object, body) == parsed(parse_object_stdlib, body)
+
+
+class SilentProducer(RecordingProducer):
+    """A producer whose Kafka never acknowledges."""
+
+    async def produce(self, topic: str, value: bytes, key: bytes | None, headers: Any) -> Delivery:
+        await asyncio.Event().wait()
+        raise AssertionError("never acknowledged")
+
+
+async def test_a_record_kafka_does_not_acknowledge_within_the_produce_timeout_gets_503_with_retry_after() -> (
+    None
+):
+    app = create_app(
+        ingress_settings(produce_timeout_seconds=0.05, retry_after_seconds=7), producer=SilentProducer()
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with client_for(app) as client:
+            response = await post(client, b'{"user":{"id":"usr_1"}}')
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "7"
+    [line] = [entry for entry in logs if entry["event"] == "webhook"]
+    assert line["reason"] == "no acknowledgement within 0.05 s"
+    assert "exam_events_ingress_produce_seconds_count 1.0" in app.metrics.exposition().decode()
+
+
+async def test_the_produce_gets_its_own_timeout_whatever_the_body_read_took() -> None:
+    # One deadline per request: moved to the produce timeout once the body is in, not kept.
+    producer = RecordingProducer()
+    slow = SlowAcknowledgement(producer, seconds=0.2)
+    app = create_app(
+        ingress_settings(body_read_timeout_seconds=0.05, produce_timeout_seconds=30), producer=slow
+    )
+    async with client_for(app) as client:
+        response = await post(client, b'{"user":{"id":"usr_1"}}')
+
+    assert response.status_code == 202
+    assert len(producer.records) == 1
+
+
+class SlowAcknowledgement:
+    """A producer whose acknowledgement takes longer than the body read timeout."""
+
+    def __init__(self, producer: RecordingProducer, *, seconds: float) -> None:
+        self._producer = producer
+        self._seconds = seconds
+
+    async def produce(self, topic: str, value: bytes, key: bytes | None, headers: Any) -> Delivery:
+        await asyncio.sleep(self._seconds)
+        return await self._producer.produce(topic, value, key, headers)
+
+    def unreachable(self) -> str | None:
+        return None
+
+    async def readiness(self) -> Any:
+        return await self._producer.readiness()
