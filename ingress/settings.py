@@ -69,7 +69,8 @@ class IngressSettings(BaseSettings):
     max_header_bytes: int = Field(
         16 * 1024,
         ge=1024,
-        description="Largest request line plus headers; larger gets 431 and the connection closed.",
+        description="Largest request line plus headers (the bytes received until the blank line that "
+        "ends them); larger gets 431 and the connection closed.",
     )
     limit_concurrency: int = Field(
         256,
@@ -79,9 +80,9 @@ class IngressSettings(BaseSettings):
     )
     http_impl: Literal["one-write", "httptools"] = Field(
         "one-write",
-        description="`one-write`: uvicorn's httptools protocol writing each answer in one write "
-        "(ingress/transport.py); `httptools`: uvicorn's own writes, if that layer misbehaves. Both keep "
-        "the header limit.",
+        description="`one-write`: uvicorn's httptools protocol, each answer in one socket write "
+        "(ingress/transport.py); `httptools`: uvicorn's own writes, if joining them misbehaves. Both keep "
+        "the head limit and the lingering close; both use public APIs only.",
     )
     retry_after_seconds: int = Field(10, ge=0, description="`Retry-After` sent with a 503.")
     linger_ms: int = Field(

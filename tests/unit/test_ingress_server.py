@@ -1,7 +1,8 @@
 """The app behind real uvicorn sockets, configured as in production: framing, limits, timeouts,
 the public and the admin port, the lingering close.
 
-No Kafka here (a recording producer); what is tested is our HTTP protocol class and its settings.
+No Kafka here (a recording producer); what is tested is our HTTP layer over uvicorn's protocol
+(ingress/transport.py) and its settings.
 """
 
 from __future__ import annotations
