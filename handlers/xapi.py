@@ -48,11 +48,10 @@ def result_statement(event: DerivedEvent, *, time_spent_ms: int | None, home_pag
     passed = event.type == ExamPassed.event_type
     attempt = data["attempt"]
     result: dict[str, Any] = {"success": passed}
-    if not data["gradeWithheld"] and attempt["scoreFrac"] is not None:
-        scaled = float(attempt["scoreFrac"])
-        if not -1 <= scaled <= 1:  # xAPI's range; the statement would be refused by every LRS
-            raise ValueError(f"scoreFrac {scaled} is outside xAPI's scaled range -1..1")
-        score = {"scaled": scaled}
+    # A scoreFrac outside 0..1 is no fraction: the statement then has no score (an LRS refuses a
+    # scaled score outside -1..1), while the result events and the statement itself still go out.
+    if not data["gradeWithheld"] and attempt["scoreFrac"] is not None and 0 <= attempt["scoreFrac"] <= 1:
+        score = {"scaled": float(attempt["scoreFrac"])}
         points, max_points = attempt["points"], attempt["maxPoints"]
         if points is not None and 0 <= points <= max_points:
             score |= {"raw": float(points), "min": 0.0, "max": float(max_points)}

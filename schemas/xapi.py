@@ -75,7 +75,7 @@ class Activity(XapiObject):
 class Score(XapiObject):
     """The score, when the exam publishes it."""
 
-    scaled: float = Field(ge=-1, le=1, description="scoreFrac, 0..1.")
+    scaled: float = Field(ge=-1, le=1, description="scoreFrac, 0..1 (xAPI allows -1..1).")
     raw: float | None = left_out_when_none("Points scored (marks.points), when within min..max.")
     min: float | None = left_out_when_none("0, when raw is given.")
     max: float | None = left_out_when_none("Points available (marks.maxPoints), when raw is given.")

@@ -147,8 +147,20 @@ def test_any_valid_release_serialises_as_its_validated_models(
         assert_as_validated(event)
 
 
-def test_a_statement_whose_score_is_outside_xapis_range_is_a_handler_error_not_an_event() -> None:
-    body = results_released()
-    body["attempt"]["scoreFrac"] = 1.5
-    with pytest.raises(ValueError, match="scaled range"):
-        route_webhook(json.dumps(body).encode(), SOURCE, TABLE)
+@pytest.mark.parametrize("score_frac", [1.5, -0.2])
+def test_a_score_fraction_outside_0_to_1_leaves_the_score_out_of_the_statement_not_the_events_out(
+    score_frac: float,
+) -> None:
+    body = results_released(passed=False, resit_count=1)
+    body["attempt"]["scoreFrac"] = score_frac
+    events = derived(body)
+    assert [event.type for event in events] == [
+        "exam.result.failed",
+        "exam.resit.available",
+        "exam.xapi.statement",
+    ]
+    statement = json.loads(events[-1].value())
+    assert "score" not in statement["result"]
+    assert statement["result"]["success"] is False
+    for event in events:
+        assert_as_validated(event)
