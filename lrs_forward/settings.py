@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -25,13 +26,18 @@ class LrsForwardSettings(BaseSettings):
     username: str = Field(min_length=1, description="HTTP Basic user name at the LRS.")
     password: SecretStr = Field(description="HTTP Basic password at the LRS (never logged).")
     statements_topic: str = Field(
-        "exam.xapi.statements", min_length=1, description="Topic of the xAPI statements to forward."
+        # The consumer's CONSUMER_XAPI_TOPIC when this is unset: one setting names the topic for both.
+        default_factory=lambda: os.environ.get("CONSUMER_XAPI_TOPIC") or "exam.xapi.statements",
+        min_length=1,
+        description="Topic of the xAPI statements to forward (default: CONSUMER_XAPI_TOPIC when that is "
+        "set, else exam.xapi.statements).",
     )
     group_id: str = Field("exam-events-lrs-forward", min_length=1, description="Kafka consumer group id.")
     dlq_topic: str = Field(
         "exam.xapi.statements.dlq",
         min_length=1,
-        description="Dead-letter topic: statements the LRS refused (4xx other than 409), with its answer.",
+        description="Dead-letter topic: statements the LRS refused (a 4xx about the statement: not 409, "
+        "nor 401, 403, 404, 407, 408, 425, 429, which are retried), with its answer.",
     )
     batch_max_statements: int = Field(
         100, ge=1, le=10_000, description="Most statements per POST (and per commit)."

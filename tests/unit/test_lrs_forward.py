@@ -295,3 +295,15 @@ async def test_the_probe_port_answers_health_readiness_and_metrics_in_the_shared
         assert "exam_events_lrs_forward_statements_forwarded_total 0.0" in scrape.text
         assert (await client.get("/other")).status_code == 404
         assert (await client.post("/readyz")).status_code == 405
+
+
+def test_the_statements_topic_follows_the_consumers_xapi_topic_unless_set_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LRS_URL", "https://lrs.example.com/")
+    monkeypatch.setenv("LRS_USERNAME", "forwarder")
+    monkeypatch.setenv("LRS_PASSWORD", "secret")
+    monkeypatch.setenv("CONSUMER_XAPI_TOPIC", "tenant-a.xapi")
+    assert LrsForwardSettings().statements_topic == "tenant-a.xapi"
+    monkeypatch.setenv("LRS_STATEMENTS_TOPIC", "forwarded.xapi")
+    assert LrsForwardSettings().statements_topic == "forwarded.xapi"
