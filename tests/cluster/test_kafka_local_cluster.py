@@ -48,6 +48,23 @@ def test_start_prints_the_bootstrap_list_last_and_status_shows_every_node(
     assert again.stdout.strip().splitlines()[-1] == expected
 
 
+def test_stop_node_with_another_port_is_refused_in_one_line_and_stops_nothing(
+    kafka_cluster: LocalCluster,
+) -> None:
+    pid = kafka_cluster.pid(2)
+    wrong = kafka_cluster.port + 10
+
+    refused = kafka_cluster.kafka_local("stop-node", "2", "--kill", "--port", str(wrong), check=False)
+
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"kafka-local: error: the cluster in {kafka_cluster.data_dir} uses --port {kafka_cluster.port}, "
+        f"not {wrong}"
+    )
+    assert kafka_cluster.pid(2) == pid
+    assert "node 2: pid" in kafka_cluster.kafka_local("status").stdout
+
+
 async def test_every_broker_sees_three_brokers_in_the_metadata(kafka_cluster: LocalCluster) -> None:
     assert await broker_ids(kafka_cluster.bootstrap) == [1, 2, 3]
     for node in ALL_NODES:

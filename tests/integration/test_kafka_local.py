@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -69,3 +70,19 @@ def test_a_taken_port_is_named_in_a_one_line_error(restartable_broker: LocalBrok
     assert result.returncode == 1
     assert f"port {other.port}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_stop_node_and_start_node_refuse_a_port_other_than_the_clusters_before_acting(tmp_path: Path) -> None:
+    # A cluster's saved state is all either command reads before it refuses: no JVM is needed.
+    state = {"nodes": 3, "port": 29092, "controller_ports": [29100, 29101, 29102], "cluster_id": "x"}
+    (tmp_path / "kafka-local.json").write_text(json.dumps(state))
+    for command in (["stop-node", "1", "--kill"], ["start-node", "1"]):
+        result = subprocess.run(
+            [sys.executable, str(KAFKA_LOCAL), *command, "--port", "29095", "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        refusal = f"kafka-local: error: the cluster in {tmp_path} uses --port 29092, not 29095"
+        assert result.stderr == refusal + "\n"

@@ -85,7 +85,7 @@ class LocalCluster:
 
     def stop_node(self, node: int, kill: bool = False) -> None:
         """SIGTERM (controlled shutdown) or, with kill, SIGKILL node `node`; waits until it exited."""
-        self.kafka_local("stop-node", str(node), *(["--kill"] if kill else []))
+        self.kafka_local("stop-node", str(node), *(["--kill"] if kill else []), "--port", str(self.port))
 
     def start_node(self, node: int) -> None:
         """Start node `node` again; returns once every running broker lists it in its metadata."""
