@@ -8,7 +8,9 @@ compacted, keeps records for the dedup window (CONSUMER_DEDUP_WINDOW_HOURS) and 
 partitions as the raw topic.
 
 Replication: by default min(3, brokers in the cluster), with `min.insync.replicas=2` at a factor of
-3 or more (so acks=all survives one broker down); a factor above the broker count is refused.
+3 or more (so acks=all survives one broker down) and `min.insync.replicas=1` at a factor of 2 (a
+minimum of 2 there would stop writes whenever either broker is down); a factor below 1 or above
+the broker count is refused.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ def topic_configs(settings: ConsumerSettings, topic: str, replication: int) -> d
     if replication >= 3:
         # acks=all then needs two replicas in sync: one broker may fail without losing a write.
         configs["min.insync.replicas"] = os.environ.get("TOPIC_MIN_INSYNC_REPLICAS", "2")
+    elif replication == 2:
+        # Set on the topic, not left to the broker's default (2 on a cluster tuned for factor 3):
+        # with two replicas a minimum of 2 means either broker down stops every acks=all write.
+        # The price: a write acknowledged while one broker is down is on one replica only.
+        configs["min.insync.replicas"] = "1"
     if topic in settings.body_topics:
         configs["max.message.bytes"] = str(body_max_message_bytes())
     if topic == settings.dedup_topic:
@@ -92,6 +99,8 @@ async def broker_count(admin: Any) -> int:
 
 async def create(settings: ConsumerSettings, partitions: int, replication: int | None) -> list[str]:
     """Create the missing topics; returns one line per topic (created or exists)."""
+    if replication is not None and replication < 1:
+        raise CommandFailed(f"replication factor {replication} is not possible: a topic needs at least 1")
     topics = project_topics(settings)
     admin = await _admin(settings)
     lines = []
@@ -235,7 +244,8 @@ def add_parser(commands: Any) -> None:
         "--replication-factor",
         type=int,
         default=int(env_factor) if env_factor else None,
-        help="replicas of each new topic (default: $TOPIC_REPLICATION_FACTOR, else min(3, brokers))",
+        help="replicas of each new topic, 1..brokers (default: $TOPIC_REPLICATION_FACTOR, else "
+        "min(3, brokers)); min.insync.replicas is set to 2 at 3 or more, to 1 at 2",
     )
     grow_parser = actions.add_parser(
         "grow",

@@ -71,16 +71,16 @@ async def test_every_broker_sees_three_brokers_in_the_metadata(kafka_cluster: Lo
         assert await broker_ids(f"127.0.0.1:{kafka_cluster.broker_port(node)}") == [1, 2, 3]
 
 
-async def test_provisioned_topics_get_replication_factor_3_and_min_insync_replicas_2(
-    kafka_cluster: LocalCluster, unique_name: Callable[[str], str]
-) -> None:
-    topics = ConsumerTopics(*(unique_name(kind) for kind in ConsumerTopics.__dataclass_fields__))
-    env = {**os.environ, **topics.env(), "KAFKA_BOOTSTRAP_SERVERS": kafka_cluster.bootstrap}
+async def create_topics_with_the_cli(
+    cluster: LocalCluster, topics: ConsumerTopics, *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """`exam-events topics create --partitions 2 FLAGS` on the cluster, as a subprocess."""
+    env = {**os.environ, **topics.env(), "KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap}
     env.pop("TOPIC_REPLICATION_FACTOR", None)
     env.pop("TOPIC_MIN_INSYNC_REPLICAS", None)
-    result = await asyncio.to_thread(
+    return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "cli", "topics", "create", "--partitions", "2"],
+        [sys.executable, "-m", "cli", "topics", "create", "--partitions", "2", *flags],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -88,25 +88,50 @@ async def test_provisioned_topics_get_replication_factor_3_and_min_insync_replic
         timeout=120,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
-    assert f"created {topics.raw} (2 partitions, replication factor 3)" in result.stdout
 
-    for partition in (0, 1):
-        described = await describe_partition(kafka_cluster.bootstrap, topics.raw, partition)
-        assert sorted(described["replicas"]) == [1, 2, 3]
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_cluster.bootstrap)
+
+async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topics.raw)])
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
     finally:
         await admin.close()
-    configs = {
+    return {
         entry["config_names"]: entry["config_value"]
         for response in responses
         for resource in response.to_object()["resources"]
         for entry in resource["config_entries"]
     }
-    assert configs["min.insync.replicas"] == "2"
+
+
+async def test_provisioned_topics_get_replication_factor_3_and_min_insync_replicas_2(
+    kafka_cluster: LocalCluster, unique_name: Callable[[str], str]
+) -> None:
+    topics = ConsumerTopics(*(unique_name(kind) for kind in ConsumerTopics.__dataclass_fields__))
+
+    result = await create_topics_with_the_cli(kafka_cluster, topics)
+
+    assert result.returncode == 0, result.stderr
+    assert f"created {topics.raw} (2 partitions, replication factor 3)" in result.stdout
+    for partition in (0, 1):
+        described = await describe_partition(kafka_cluster.bootstrap, topics.raw, partition)
+        assert sorted(described["replicas"]) == [1, 2, 3]
+    assert (await topic_config(kafka_cluster.bootstrap, topics.raw))["min.insync.replicas"] == "2"
+
+
+async def test_topics_at_replication_factor_2_get_min_insync_replicas_1_so_one_node_down_keeps_writes(
+    kafka_cluster: LocalCluster, unique_name: Callable[[str], str]
+) -> None:
+    topics = ConsumerTopics(*(unique_name(kind) for kind in ConsumerTopics.__dataclass_fields__))
+
+    result = await create_topics_with_the_cli(kafka_cluster, topics, "--replication-factor", "2")
+
+    assert result.returncode == 0, result.stderr
+    assert f"created {topics.raw} (2 partitions, replication factor 2)" in result.stdout
+    assert len((await describe_partition(kafka_cluster.bootstrap, topics.raw, 0))["replicas"]) == 2
+    # The cluster's own default is 2 (docs/cluster.md): the topic must override it.
+    assert (await topic_config(kafka_cluster.bootstrap, topics.raw))["min.insync.replicas"] == "1"
 
 
 async def test_a_killed_partition_leader_loses_no_acks_all_write_and_rejoins_the_isr(

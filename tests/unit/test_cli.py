@@ -1,4 +1,5 @@
-"""The pure parts of `exam-events`: replay ids, filters and headers; masking; lag arithmetic."""
+"""The pure parts of `exam-events`: replay ids, filters and headers; masking; lag arithmetic;
+topic configs and the refusals made before any broker is asked."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import argparse
 
 import pytest
 
-from cli.main import build_parser
+from cli.main import build_parser, main
 from cli.replay import ReplayRequest, parse_time, replay_headers
 from cli.tail import mask_personal_data
+from cli.topics import topic_configs
+from common.kafka import KafkaConnectionSettings
 from common.lag import partition_lag
+from consumer.settings import ConsumerSettings
+from handlers import RulesSettings
 
 
 def test_the_same_source_target_and_filters_give_the_same_replay_id() -> None:
@@ -86,3 +91,30 @@ def test_replay_refuses_a_zero_limit_or_rate() -> None:
     for flags in (["--limit", "0"], ["--rate", "0"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["replay", "--from", "dlq", *flags])
+
+
+@pytest.mark.parametrize("factor", ["0", "-1"])
+def test_topics_create_refuses_a_replication_factor_below_1_in_one_line_before_asking_a_broker(
+    factor: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A port nothing listens on: the refusal must come before any connection is tried.
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+
+    status = main(["topics", "create", "--replication-factor", factor])
+
+    assert status == 1
+    assert capsys.readouterr().err == (
+        f"exam-events topics: replication factor {factor} is not possible: a topic needs at least 1\n"
+    )
+
+
+@pytest.mark.parametrize(("factor", "min_insync"), [(1, None), (2, "1"), (3, "2"), (5, "2")])
+def test_min_insync_replicas_is_2_at_factor_3_or_more_1_at_factor_2_and_left_alone_at_1(
+    factor: int, min_insync: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TOPIC_MIN_INSYNC_REPLICAS", raising=False)
+    settings = ConsumerSettings(kafka=KafkaConnectionSettings(), rules=RulesSettings())
+
+    configs = topic_configs(settings, settings.passed_topic, factor)
+
+    assert configs.get("min.insync.replicas") == min_insync
