@@ -20,7 +20,8 @@ Measured per webhook, on this process's clock (time.perf_counter):
   nothing before it.
 The first `--warmup-seconds` of each rate are sent but left out. Prints, per mode and rate,
 p50/p90/p99/max of both, the achieved rate, CPU of the client (this process: sender and reader),
-of the ingress and of the consumer (percent of one core), and the consumer's mean batch size.
+of the ingress and of the consumer (percent of one core), and the consumer's mean batch size and
+duration (receipt to commit, its exam_events_consumer_batch_seconds).
 `--json FILE` writes every figure (`-` for stdout).
 """
 
@@ -182,6 +183,8 @@ class RateResult:
     ingress_cpu_percent: float
     consumer_cpu_percent: float
     records_per_batch: float
+    batch_ms: float  # mean time from receiving a batch to committing it (the consumer's histogram)
+    load_average: float  # the machine's 1-minute load average at the end: how shared the cores were
 
     def line(self) -> str:
         e, i = self.e2e_ms, self.ingress_ms
@@ -192,8 +195,8 @@ class RateResult:
             f"ingress p50 {i['p50']:5.1f} p99 {i['p99']:6.1f} ms | missing {self.missing}, non-202 "
             f"{self.not_202} | CPU client {self.client_cpu_percent:.0f}% ingress "
             f"{self.ingress_cpu_percent:.0f}% consumer {self.consumer_cpu_percent:.0f}% | "
-            f"{self.records_per_batch:.1f} records/batch, "
-            f"schedule lag p99 {self.schedule_lag_ms['p99']:.1f} ms"
+            f"{self.records_per_batch:.1f} records/batch of {self.batch_ms:.1f} ms, "
+            f"schedule lag p99 {self.schedule_lag_ms['p99']:.1f} ms, load average {self.load_average:.1f}"
         )
 
 
@@ -240,16 +243,23 @@ class Reader:
         await self.consumer.stop()
 
 
-async def consumer_counters(client: httpx.AsyncClient, port: int) -> tuple[float, float]:
-    """(records consumed, batches) from the consumer's /metrics."""
+COUNTERS = {
+    "exam_events_consumer_records_consumed_total": "records",
+    "exam_events_consumer_batches_total": "batches",
+    "exam_events_consumer_batch_seconds_sum": "batch_seconds",
+    "exam_events_consumer_batch_seconds_count": "timed_batches",
+}
+
+
+async def consumer_counters(client: httpx.AsyncClient, port: int) -> dict[str, float]:
+    """Records consumed, batches, and the batch_seconds histogram's sum and count from /metrics."""
     response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-    values = {"records": 0.0, "batches": 0.0}
+    values = dict.fromkeys(COUNTERS.values(), 0.0)
     for line in response.text.splitlines():
-        if line.startswith("exam_events_consumer_records_consumed_total "):
-            values["records"] = float(line.split()[1])
-        elif line.startswith("exam_events_consumer_batches_total "):
-            values["batches"] = float(line.split()[1])
-    return values["records"], values["batches"]
+        name, _, value = line.partition(" ")
+        if name in COUNTERS:
+            values[COUNTERS[name]] = float(value)
+    return values
 
 
 async def run_rate(
@@ -306,7 +316,8 @@ async def run_rate(
             reader.arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(reader.arrived.wait(), left)
-        records, batches = await consumer_counters(client, consumer.port)
+        counted = await consumer_counters(client, consumer.port)
+    delta = {name: counted[name] - counters[name] for name in counted}
     measured = [requests.attempt_id(first + i) for i in range(warm, total)]
     measured_sent = [sent[k] for k in measured if k in sent]
     span = max(measured_sent) - min(measured_sent) if len(measured_sent) > 1 else 0.0
@@ -325,7 +336,9 @@ async def run_rate(
         client_cpu_percent=100 * client_cpu / elapsed,
         ingress_cpu_percent=100 * ingress_cpu / elapsed,
         consumer_cpu_percent=100 * consumer_cpu / elapsed,
-        records_per_batch=(records - counters[0]) / max(1.0, batches - counters[1]),
+        records_per_batch=delta["records"] / max(1.0, delta["batches"]),
+        batch_ms=1000 * delta["batch_seconds"] / max(1.0, delta["timed_batches"]),
+        load_average=os.getloadavg()[0],
     )
     return result, first + total
 
