@@ -5,6 +5,8 @@
 - `Cluster`: a `scripts/kafka-local start --nodes 3` cluster on three consecutive ports and its own
   data directory; one node at a time is SIGKILLed (`stop-node N --kill`) and started again
   (`start-node N`), and `sigkill()` kills every node (and any kafka-local command still running).
+  With `existing=True` it is a cluster someone else runs: `attach()` checks it is whole, and
+  `restore()` starts again whatever node this run killed instead of killing them all.
 - `Child`: an ingress or consumer subprocess with its log file; `kill()` is safe to call twice.
 - Topic provisioning (`scripts/create-topics`, plus the dedup changelog when it is missing), the
   group's committed offsets against the raw topic's end offsets, and reading the output topics
@@ -161,27 +163,33 @@ class Broker:
 @dataclass
 class Cluster:
     """A kafka-local three-node cluster: node n (1..3) serves clients on 127.0.0.1:`port + n - 1`,
-    its data, logs and pid file in `data_dir/node-n`."""
+    its data, logs and pid file in `data_dir/node-n`.
+
+    `existing`: a cluster someone else started (`kafka-local start --nodes 3`) and keeps: `attach()`
+    checks it instead of `start()`, and `restore()` starts again the nodes this run killed instead
+    of `sigkill()` killing them all."""
 
     port: int
     data_dir: Path
     env: Mapping[str, str]
     nodes: int = 3
+    existing: bool = False
+    killed: set[int] = field(default_factory=set)  # nodes killed and not yet seen started again
     _command: asyncio.subprocess.Process | None = None  # the kafka-local command running now
 
     @property
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{self.port + n}" for n in range(self.nodes))
 
-    async def _kafka_local(self, *args: str, timeout: float) -> float:
-        """Run `kafka-local ARGS --data-dir D`; returns the seconds it took. Raises on failure."""
-        started = time.monotonic()
+    def _argv(self, *args: str) -> list[str]:
+        return [sys.executable, str(KAFKA_LOCAL), *args, "--data-dir", str(self.data_dir)]
+
+    async def _run(self, *args: str, timeout: float) -> tuple[int, str, str]:
+        """Run `kafka-local ARGS --data-dir D`: (exit status, stdout, stderr)."""
+        argv = self._argv(*args)
         self._command = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(KAFKA_LOCAL),
-            *args,
-            "--data-dir",
-            str(self.data_dir),
+            argv[0],
+            *argv[1:],
             cwd=ROOT,
             env=dict(self.env),
             stdin=asyncio.subprocess.DEVNULL,
@@ -195,8 +203,15 @@ class Cluster:
             raise
         code = self._command.returncode
         self._command = None
+        assert code is not None  # communicate() returns once the process has exited
+        return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def _kafka_local(self, *args: str, timeout: float) -> float:
+        """Run `kafka-local ARGS --data-dir D`; returns the seconds it took. Raises on failure."""
+        started = time.monotonic()
+        code, out, err = await self._run(*args, timeout=timeout)
         if code != 0:
-            reason = (err or out).decode(errors="replace").strip()
+            reason = (err or out).strip()
             raise RuntimeError(f"kafka-local {' '.join(args)} failed (status {code}): {reason[-2000:]}")
         return time.monotonic() - started
 
@@ -206,19 +221,95 @@ class Cluster:
             "start", "--nodes", str(self.nodes), "--port", str(self.port), timeout=timeout
         )
 
+    async def attach(self, timeout: float) -> float:
+        """Check that the existing cluster is whole on our ports (`kafka-local status` exits 0 and
+        names our bootstrap list); returns the seconds it took. Raises, in one line, otherwise."""
+        started = time.monotonic()
+        code, out, err = await self._run("status", timeout=timeout)
+        lines = out.strip().splitlines()
+        if code != 0 or not lines or lines[-1] != self.bootstrap:
+            said = "; ".join(line.strip() for line in (out + err).strip().splitlines()) or "no output"
+            raise RuntimeError(
+                f"the cluster in {self.data_dir} is not running whole on {self.bootstrap} "
+                f"(kafka-local status exited {code}: {said})"
+            )
+        return time.monotonic() - started
+
     async def kill_node(self, node: int, timeout: float = 30.0) -> float:
-        """`kafka-local stop-node N --kill`: SIGKILL, returns once the process is gone."""
-        return await self._kafka_local("stop-node", str(node), "--kill", timeout=timeout)
+        """`kafka-local stop-node N --kill --port P`: SIGKILL, returns once the process is gone."""
+        # Counted before the command runs: interrupted half-way, the node may be dead already.
+        self.killed.add(node)
+        return await self._kafka_local(
+            "stop-node", str(node), "--kill", "--port", str(self.port), timeout=timeout
+        )
 
     async def start_node(self, node: int, timeout: float) -> float:
         """`kafka-local start-node N`: returns once every running broker lists the node."""
-        return await self._kafka_local("start-node", str(node), "--port", str(self.port), timeout=timeout)
+        seconds = await self._kafka_local("start-node", str(node), "--port", str(self.port), timeout=timeout)
+        self.killed.discard(node)
+        return seconds
 
-    def kill_command(self) -> None:
-        if self._command is not None and self._command.returncode is None:
+    def kill_command(self) -> bool:
+        """Kill the kafka-local command running now, if any; True when there was one."""
+        running = self._command is not None and self._command.returncode is None
+        if running and self._command is not None:
             with contextlib.suppress(ProcessLookupError):
                 self._command.kill()
         self._command = None
+        return running
+
+    def restore(self, timeout: float = 180.0) -> list[int]:
+        """For an existing cluster, instead of `sigkill()`: stop the kafka-local command running now,
+        `start-node` every node this run killed, then wait until `kafka-local status` says all three
+        are in the metadata. Synchronous, as `sigkill()`. Returns the nodes started again; raises,
+        in one line, when the cluster is not whole within `timeout`."""
+        interrupted = self.kill_command()
+        if not self.killed and not interrupted:
+            return []
+        deadline = time.monotonic() + timeout
+        restarted: list[int] = []
+        errors: list[str] = []
+        for node in sorted(self.killed):
+            # A start-node interrupted above may have launched the node already: then this one
+            # reports it running and starts nothing.
+            try:
+                proc = subprocess.run(
+                    self._argv("start-node", str(node), "--port", str(self.port)),
+                    cwd=ROOT,
+                    env=dict(self.env),
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    timeout=max(1.0, deadline - time.monotonic()),
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                errors.append(f"start-node {node} timed out")
+                continue
+            if proc.returncode == 0:
+                restarted.append(node)
+            else:
+                lines = (proc.stderr or proc.stdout).strip().splitlines()
+                errors.append(f"start-node {node}: {lines[-1] if lines else f'status {proc.returncode}'}")
+        said = ""
+        while time.monotonic() < deadline:
+            status = subprocess.run(
+                self._argv("status"),
+                cwd=ROOT,
+                env=dict(self.env),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if status.returncode == 0:
+                self.killed.clear()
+                return restarted
+            said = "; ".join(status.stdout.strip().splitlines()[:-1] or status.stderr.strip().splitlines())
+            time.sleep(0.5)
+        problems = "; ".join([*errors, said]) or "no answer"
+        raise RuntimeError(
+            f"the cluster in {self.data_dir} is not whole {timeout:.0f} s after restoring: {problems}"
+        )
 
     def node_pids(self, node: int) -> list[int]:
         """Every running JVM of node `node` (the recorded pid, plus any whose command line names the

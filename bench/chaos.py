@@ -4,12 +4,13 @@
     .venv/bin/python bench/chaos.py                      # both modes, 6000 webhooks each
     .venv/bin/python bench/chaos.py --webhooks 5000 --modes exactly-once --json
     .venv/bin/python bench/chaos.py --nodes 3            # on a three-node cluster (docs/cluster.md)
+    .venv/bin/python bench/chaos.py --cluster-port P --cluster-dir DIR   # on a running one
 
 For each processing guarantee (CONSUMER_PROCESSING_GUARANTEE; by default `exactly-once`, then
 `at-least-once`), from scratch:
 
 1. a fresh broker (`scripts/kafka-local`) on a free loopback port with its own temporary data
-   directory; the topics (raw, passed, failed, resits, dlq, unrouted and the dedup changelog) with
+   directory; every topic the consumer uses (raw, derived, dlq, unrouted, the dedup changelog) with
    --partitions partitions (`scripts/create-topics`; the dedup topic is created here, with
    cleanup.policy=compact,delete, only if create-topics left it out);
 2. the real ingress (`python -m ingress`, HTTP Basic auth) and one consumer (`python -m consumer`,
@@ -35,6 +36,12 @@ For each processing guarantee (CONSUMER_PROCESSING_GUARANTEE; by default `exactl
    at-least-once mode a node not killed yet. Each is `stop-node N --kill`, then, once the controller
    has fenced it and at least 3 s later, `start-node N` and a wait until every raw partition has
    all three replicas in sync again. The consumer steps go on meanwhile.
+   With --cluster-port P --cluster-dir DIR (together; they imply --nodes 3) step 1 uses the
+   running `kafka-local start --nodes 3 --port P --data-dir DIR` cluster instead, in every mode:
+   checked whole (`kafka-local status`), never started or stopped here. Each mode's topics (every
+   topic the consumer uses) are named `<default name>.chaos-<mode>-<random>`, as its group, so
+   nothing an earlier run or mode wrote is read as its own; the node kills use that cluster's
+   `stop-node`/`start-node --port P`.
 5. after the last accepted webhook: wait until the group has committed every raw partition up to
    its end offset, then read the derived topics from the beginning with read_committed (no group)
    and compare their ce_ids with those the accepted bodies lead to (the project's own pure planning:
@@ -55,15 +62,18 @@ Exit status 0 when exactly-once lost nothing and duplicated nothing, and at-leas
 (each mode run completely: every webhook accepted and the group caught up); 1 otherwise; 130 when
 interrupted; with --nodes 3 a mode is complete only after its three node kills. Every process it
 started (broker or all three nodes, any kafka-local command still running, ingress, consumers) is
-killed at the end of each mode, on errors, on SIGTERM and on Ctrl-C too. The temporary directory
+killed at the end of each mode, on errors, on SIGTERM and on Ctrl-C too; with --cluster-dir the
+cluster's nodes are not killed but every node the mode killed is started again, and the mode
+ends only once `kafka-local status` has all three in the metadata. The temporary directory
 (logs, broker data) is removed after a passing run and kept (path printed) after a failing one, or
 always with --keep.
 
 Time: about 3 minutes per mode with the defaults (6000 webhooks at 50/s = 2 min of sending, ~15 s
 of start-up, a few seconds to catch up), so 6-7 minutes for both, on our 2-core machine. Each mode
 is bounded by --timeout-seconds (default 900), plus at most 90 s to read the output topics.
-With --nodes 3, add about 20 s per mode for the cluster's start; tests/cluster/test_chaos_on_cluster.py
-runs `--nodes 3 --webhooks 1200 --rate 40 --partitions 3` in both modes in about 3-4 minutes.
+With --nodes 3, add about 20 s per mode for the cluster's start (none with --cluster-dir);
+tests/cluster/test_chaos_on_cluster.py runs `--webhooks 1200 --rate 40 --partitions 3` in both
+modes on the session's cluster (--cluster-port, --cluster-dir).
 Loopback only. Needs Java 17+ and the jars of scripts/kafka-local (fetched once with Maven).
 """
 
@@ -105,6 +115,8 @@ from bench._chaos_support import (  # noqa: E402
     read_outputs,
     wait_in_sync,
 )
+from consumer.settings import ConsumerSettings  # noqa: E402
+from lrs_forward.settings import LrsForwardSettings  # noqa: E402
 from tests.support.broker import free_port  # noqa: E402
 from tests.support.cluster import (  # noqa: E402
     LocalCluster,
@@ -118,15 +130,9 @@ from tests.support.consumer_harness import expected_outputs  # noqa: E402
 from tests.support.webhooks import encode, results_released  # noqa: E402
 
 MODES = ("exactly-once", "at-least-once")
-TOPICS = {
-    "raw": "exam.webhooks.raw",
-    "passed": "exam.results.passed",
-    "failed": "exam.results.failed",
-    "resits": "exam.resits",
-    "dlq": "exam.webhooks.dlq",
-    "unrouted": "exam.webhooks.unrouted",
-    "dedup": "exam.events.dedup",
-}
+# Every topic the consumer reads or writes, by kind ("raw", "passed", ..., "dedup"): all of them
+# are named for the processes, so that a mode on a shared cluster touches none but its own.
+TOPIC_FIELDS = tuple(name for name in ConsumerSettings.model_fields if name.endswith("_topic"))
 DERIVED = ("passed", "failed", "resits")
 CONCURRENCY = 16
 BACKOFF_INITIAL_S, BACKOFF_MAX_S = 0.25, 2.0
@@ -144,6 +150,17 @@ READ_ATTEMPTS, READ_RETRY_S = 3, 5.0  # a read that misses events is repeated be
 USERNAME = "chaos"
 TOPIC_OVERRIDES = ("TOPIC_REPLICATION_FACTOR", "TOPIC_MIN_INSYNC_REPLICAS")
 SOURCES = ("consumer", "ingress", "handlers", "schemas", "common", "scripts")
+
+
+def mode_topics(suffix: str = "") -> dict[str, str]:
+    """The consumer's topics by kind, each its default name plus `suffix` (none: the defaults)."""
+    fields = ConsumerSettings.model_fields
+    return {name.removesuffix("_topic"): f"{fields[name].default}{suffix}" for name in TOPIC_FIELDS}
+
+
+def lrs_dead_letter_topic(suffix: str) -> str:
+    """The forwarder's dead-letter topic (`exam-events topics create` makes it too), plus `suffix`."""
+    return f"{LrsForwardSettings.model_fields['dlq_topic'].default}{suffix}"
 
 
 # --- the webhooks ------------------------------------------------------------------------------------
@@ -328,6 +345,8 @@ class ModeResult:
     duplicate_sample: list[str] = field(default_factory=list)
     unexpected_sample: list[str] = field(default_factory=list)
     dedup_topic: str = ""
+    existing_cluster: str = ""  # --cluster-dir: the running cluster this mode used, not one of its own
+    topic_suffix: str = ""  # on an existing cluster: what this mode's topic names end with
     temp_dir: str = ""
     error: str | None = None
 
@@ -407,7 +426,15 @@ class ModeRun:
         self.deadline = self.started + args.timeout_seconds
         self.result = ModeResult(mode, args.webhooks, nodes=args.nodes, temp_dir=str(self.dir))
         self.rng = random.Random(f"{args.seed}-chaos")
-        self.group_id = f"chaos-{mode}-{uuid.uuid4().hex[:8]}"
+        token = uuid.uuid4().hex[:8]
+        self.group_id = f"chaos-{mode}-{token}"
+        # On a cluster others use (and the other mode used before), fresh names: no record of an
+        # earlier run can be read as this mode's, and its transactional ids are new too.
+        self.suffix = f".chaos-{mode}-{token}" if args.cluster_dir else ""
+        self.topics = mode_topics(self.suffix)
+        # The planning (expected_outputs) names the default topics: where each went under our names.
+        self.renamed = dict(zip(mode_topics().values(), self.topics.values(), strict=True))
+        self.result.topic_suffix = self.suffix
         self.password = secrets.token_urlsafe(18)
         self.child_env = {
             k: v for k, v in os.environ.items() if not k.startswith(("INGRESS_", "CONSUMER_", "KAFKA_"))
@@ -416,7 +443,10 @@ class ModeRun:
             k: v for k, v in os.environ.items() if k not in ("KAFKA_LOCAL_DIR", "KAFKA_LOCAL_PORT")
         }
         self.broker: Broker | Cluster
-        if args.nodes == 1:
+        if args.cluster_dir:
+            self.broker = Cluster(args.cluster_port, args.cluster_dir, kafka_local_env, existing=True)
+            self.result.existing_cluster = str(args.cluster_dir)
+        elif args.nodes == 1:
             self.broker = Broker(free_port(), (self.dir / "kafka").resolve(), kafka_local_env)
         else:
             self.broker = Cluster(
@@ -439,7 +469,7 @@ class ModeRun:
     # -- processes
 
     def topic_env(self) -> dict[str, str]:
-        return {f"CONSUMER_{name.upper()}_TOPIC": topic for name, topic in TOPICS.items()}
+        return {f"CONSUMER_{name.upper()}_TOPIC": topic for name, topic in self.topics.items()}
 
     def start_ingress(self) -> Child:
         port, admin_port = free_port(), free_port()
@@ -448,7 +478,7 @@ class ModeRun:
             "INGRESS_HOST": "127.0.0.1",
             "INGRESS_PORT": str(port),
             "INGRESS_ADMIN_PORT": str(admin_port),
-            "INGRESS_RAW_TOPIC": TOPICS["raw"],
+            "INGRESS_RAW_TOPIC": self.topics["raw"],
             "INGRESS_BASIC_AUTH_USERNAME": USERNAME,
             "INGRESS_BASIC_AUTH_PASSWORD": self.password,
             "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
@@ -484,7 +514,18 @@ class ModeRun:
         for child in [*self.consumers, *([self.ingress] if self.ingress else [])]:
             child.kill()
         try:
-            self.broker.sigkill()
+            if isinstance(self.broker, Cluster) and self.broker.existing:
+                # Not ours to stop: every node this mode killed is started again instead.
+                restarted = self.broker.restore()
+                if restarted:
+                    nodes = ", ".join(map(str, restarted))
+                    print(
+                        f"{self.mode}: started node(s) {nodes} of the cluster again",
+                        file=self.out,
+                        flush=True,
+                    )
+            else:
+                self.broker.sigkill()
         except RuntimeError as exc:
             print(f"{self.mode}: {exc}", file=self.out, flush=True)
 
@@ -493,11 +534,20 @@ class ModeRun:
     async def run(self, bodies: list[bytes], posts: list[Post], twice: set[int]) -> ModeResult:
         tasks: list[asyncio.Task[None]] = []
         try:
-            seconds = await self.broker.start(timeout=max(10.0, self.deadline - time.monotonic()))
-            what = "broker" if self.args.nodes == 1 else f"{self.args.nodes}-node cluster"
-            self.say(
-                f"{what} on {self.broker.bootstrap} ready in {seconds:.1f} s (data in {self.broker.data_dir})"
-            )
+            if isinstance(self.broker, Cluster) and self.broker.existing:
+                seconds = await self.broker.attach(timeout=60)
+                self.say(
+                    f"the running {self.args.nodes}-node cluster on {self.broker.bootstrap} (data in "
+                    f"{self.broker.data_dir}) is whole (checked in {seconds:.1f} s); this mode's topics "
+                    f"end in {self.suffix}"
+                )
+            else:
+                seconds = await self.broker.start(timeout=max(10.0, self.deadline - time.monotonic()))
+                what = "broker" if self.args.nodes == 1 else f"{self.args.nodes}-node cluster"
+                self.say(
+                    f"{what} on {self.broker.bootstrap} ready in {seconds:.1f} s "
+                    f"(data in {self.broker.data_dir})"
+                )
             env = {
                 **self.child_env,
                 **self.topic_env(),
@@ -506,10 +556,12 @@ class ModeRun:
             }
             if self.args.nodes > 1:  # the project's own choice on 3 brokers: factor 3, min ISR 2
                 env = {k: v for k, v in env.items() if k not in TOPIC_OVERRIDES}
+            if self.suffix:  # `topics create` makes the forwarder's dead-letter topic too
+                env["LRS_DLQ_TOPIC"] = lrs_dead_letter_topic(self.suffix)
             note = await provision_topics(
                 self.broker.bootstrap,
                 env,
-                TOPICS,
+                self.topics,
                 self.args.partitions,
                 self.dir / "create-topics.log",
                 replication=min(3, self.args.nodes),
@@ -568,7 +620,7 @@ class ModeRun:
                 # partition of every topic with its three replicas in sync.
                 waited = await wait_in_sync(
                     self.broker.bootstrap,
-                    sorted(TOPICS.values()),
+                    sorted(self.topics.values()),
                     CLUSTER_NODES,
                     timeout=max(30.0, self.deadline - time.monotonic()),
                 )
@@ -580,15 +632,20 @@ class ModeRun:
             self.result.caught_up = progress.caught_up
             self.result.raw_records = progress.total
             # Every topic the planning sends our bodies to (a handler added since is read too).
-            planned = expected_outputs([bodies[i] for i in sorted(state.ok_posts)], TOPICS["raw"])
-            others = {TOPICS["dlq"], TOPICS["unrouted"]}
-            derived = sorted({TOPICS[t] for t in DERIVED} | {r.topic for r in planned} - others)
-            wanted = {dict(r.headers)["ce_id"].decode() for r in planned if r.topic in derived}
+            planned = expected_outputs([bodies[i] for i in sorted(state.ok_posts)], self.topics["raw"])
+            others = {self.topics["dlq"], self.topics["unrouted"]}
+            planned_topics = {self.renamed.get(r.topic, r.topic) for r in planned}
+            derived = sorted({self.topics[t] for t in DERIVED} | planned_topics - others)
+            wanted = {
+                dict(r.headers)["ce_id"].decode()
+                for r in planned
+                if self.renamed.get(r.topic, r.topic) in derived
+            }
             for attempt in range(1, READ_ATTEMPTS + 1):
                 read = await read_outputs(
                     self.broker.bootstrap,
                     derived,
-                    [TOPICS["dlq"], TOPICS["unrouted"]],
+                    [self.topics["dlq"], self.topics["unrouted"]],
                     self.args.partitions,
                     READ_TIMEOUT_S,
                 )
@@ -604,8 +661,8 @@ class ModeRun:
                 await asyncio.sleep(READ_RETRY_S)
             self.tally(bodies, state, read.ce_ids)
             self.result.records_seen = sum(read.records[t] for t in derived)
-            self.result.dead_lettered = read.records[TOPICS["dlq"]]
-            self.result.unrouted = read.records[TOPICS["unrouted"]]
+            self.result.dead_lettered = read.records[self.topics["dlq"]]
+            self.result.unrouted = read.records[self.topics["unrouted"]]
             self.result.without_ce_id = read.without_ce_id
             self.result.open_transactions = read.open_transactions
             self.result.unread_partitions = read.unread
@@ -624,7 +681,7 @@ class ModeRun:
 
     def tally(self, bodies: list[bytes], state: SendState, seen: Counter[str]) -> None:
         accepted = [bodies[i] for i in sorted(state.ok_posts)]
-        outgoing = expected_outputs(accepted, TOPICS["raw"])
+        outgoing = expected_outputs(accepted, self.topics["raw"])
         stray = [r.topic for r in outgoing if not any(h == "ce_id" for h, _ in r.headers)]
         if stray:
             raise RuntimeError(f"the planning code sends {len(stray)} of our bodies to {set(stray)}")
@@ -646,7 +703,7 @@ class ModeRun:
         while True:
             try:
                 progress = await group_progress(
-                    self.broker.bootstrap, self.group_id, TOPICS["raw"], self.args.partitions
+                    self.broker.bootstrap, self.group_id, self.topics["raw"], self.args.partitions
                 )
             except Exception as exc:  # the broker may be slow right after chaos: ask again
                 self.say(f"reading the group's offsets failed ({type(exc).__name__}: {exc}); retrying")
@@ -795,7 +852,7 @@ class ModeRun:
 
     async def pick_node(self, cluster: Cluster, role: str, victims: list[int]) -> tuple[int, str]:
         """The node to kill for `role`, and the role as the action line states it."""
-        bootstrap, raw = cluster.bootstrap, TOPICS["raw"]
+        bootstrap, raw = cluster.bootstrap, self.topics["raw"]
         others = [n for n in ALL_NODES if n not in victims]
         try:
             if role == "leader":
@@ -874,14 +931,14 @@ class ModeRun:
         kill.start_node_seconds = await cluster.start_node(node, timeout=max(30.0, self.deadline - now()))
         kill.started_s = now() - self.started
         waited = await wait_in_sync(
-            cluster.bootstrap, [TOPICS["raw"]], CLUSTER_NODES, timeout=max(30.0, self.deadline - now())
+            cluster.bootstrap, [self.topics["raw"]], CLUSTER_NODES, timeout=max(30.0, self.deadline - now())
         )
         kill.back_in_isr_s = now() - self.started
         self.result.node_kills.append(kill)
         fenced = "never" if kill.fenced_s is None else f"{kill.fenced_s - kill.killed_s:.1f} s after the kill"
         self.action(
             f"node {node} fenced {fenced}, started again (start-node took {kill.start_node_seconds:.1f} s), "
-            f"back in the ISR of every {TOPICS['raw']} partition {waited:.1f} s later, "
+            f"back in the ISR of every {self.topics['raw']} partition {waited:.1f} s later, "
             f"{kill.back_in_isr_s - kill.killed_s:.1f} s after the kill"
         )
 
@@ -1014,16 +1071,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--nodes",
         type=int,
         choices=(1, CLUSTER_NODES),
-        default=1,
+        default=None,
         help="1: one broker, SIGKILLed once (default); 3: a three-node cluster per mode, each node "
         "SIGKILLed and restarted in turn (leader, group coordinator, transaction coordinator)",
+    )
+    parser.add_argument(
+        "--cluster-port",
+        type=int,
+        default=None,
+        help="with --cluster-dir: the first port of a running `kafka-local start --nodes 3` cluster, "
+        "used by every mode (implies --nodes 3) instead of a fresh cluster per mode",
+    )
+    parser.add_argument(
+        "--cluster-dir",
+        type=lambda p: Path(p).resolve(),
+        default=None,
+        help="with --cluster-port: that cluster's --data-dir. Neither started nor stopped here; every "
+        "node killed is started again, also on errors",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory even after a pass")
     args = parser.parse_args(argv)
+    if (args.cluster_port is None) != (args.cluster_dir is None):
+        parser.error("--cluster-port and --cluster-dir name a running cluster together: give both or neither")
+    if args.cluster_dir is not None:
+        if args.nodes == 1:
+            parser.error(
+                f"--cluster-port and --cluster-dir name a {CLUSTER_NODES}-node cluster: not with --nodes 1"
+            )
+        if not (args.cluster_dir / "kafka-local.json").is_file():
+            parser.error(
+                f"--cluster-dir {args.cluster_dir} holds no kafka-local cluster (no kafka-local.json)"
+            )
+        args.nodes = CLUSTER_NODES
+    args.nodes = args.nodes or 1
     if args.webhooks < 1 or args.partitions < 1 or args.rate <= 0 or not 0 <= args.duplicate_fraction <= 1:
         parser.error("--webhooks, --partitions and --rate must be positive, --duplicate-fraction within 0..1")
     return args
+
+
+def where(args: argparse.Namespace) -> str:
+    """What the modes run on, for the first line."""
+    if args.cluster_dir:
+        return f"the running {args.nodes}-node cluster in {args.cluster_dir} (port {args.cluster_port})"
+    return "one broker" if args.nodes == 1 else f"a fresh {args.nodes}-node cluster per mode"
 
 
 async def run_all(
@@ -1042,7 +1133,7 @@ async def run_all(
         f"chaos: {args.webhooks} webhooks ({len(twice)} posted twice, "
         f"{sum(map(len, bodies)) / len(bodies):.0f} bytes on average), {args.partitions} partitions, "
         f"{args.rate:g} webhooks/s, seed {args.seed}, "
-        f"{'one broker' if args.nodes == 1 else f'{args.nodes}-node cluster'}, "
+        f"{where(args)}, "
         f"modes {', '.join(args.modes)}; logs and broker data in {base_dir}",
         file=out,
         flush=True,
@@ -1105,7 +1196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": {k: v for k, v in vars(args).items() if k not in ("json",)},
             "modes": [{**asdict(r), "complete": r.complete, "passed": r.passed} for r in results],
         }
-        print(json.dumps(document, indent=2))
+        print(json.dumps(document, indent=2, default=str))  # default: the --cluster-dir path
     if status == 0 and not args.keep:
         shutil.rmtree(base_dir, ignore_errors=True)
         print(f"chaos: passed; removed {base_dir}", file=out, flush=True)
