@@ -7,9 +7,9 @@ Per processing guarantee (`--modes`, default exactly-once then at-least-once): f
 partitions) on the broker, `python -m ingress` and `python -m consumer` as subprocesses (loopback,
 Basic auth, every other setting from this environment, `--set NAME=VALUE` on top). Then, per rate
 (`--rates`), open-loop: webhook i is sent at start + i/rate whether or not earlier answers came
-(a pool of keep-alive connections, a new one opened when none is idle), each a realistic Exam
-Results Released body with its own attempt id (pass or fail, various resit counts, never revoked,
-so each makes exactly one exam.result.passed or exam.result.failed).
+(a fixed pool of keep-alive connections; `--poisson`: random gaps of that mean instead), each a
+realistic Exam Results Released body with its own attempt id (pass or fail, various resit
+counts, never revoked, so each makes exactly one exam.result.passed or exam.result.failed).
 
 Measured per webhook, on this process's clock (time.perf_counter):
 - ingress: from just before the request's first byte is written to the end of its 202;
@@ -33,6 +33,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import signal
 import sys
 import time
@@ -276,6 +277,7 @@ async def run_rate(
     """Send open-loop at `rate` for warm-up + measured seconds; wait (bounded) for every derived record."""
     total = int(rate * (args.warmup_seconds + args.seconds))
     warm = int(rate * args.warmup_seconds)
+    offsets = send_offsets(rate, total, poisson=args.poisson, seed=first)
     sent: dict[str, float] = {}
     answered: dict[str, float] = {}
     scheduled: dict[str, float] = {}
@@ -289,9 +291,9 @@ async def run_rate(
         while n < total:
             now = time.perf_counter()
             # Catch up on every send that is due: the schedule, not the answers, paces the client.
-            while n < total and started + n / rate <= now:
+            while n < total and started + offsets[n] <= now:
                 key = requests.attempt_id(first + n)
-                scheduled[key] = started + n / rate
+                scheduled[key] = started + offsets[n]
                 tasks.append(
                     asyncio.create_task(post(connections, requests.build(first + n), sent, answered, key))
                 )
@@ -304,7 +306,7 @@ async def run_rate(
                     flush=True,
                 )
             if n < total:
-                await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+                await asyncio.sleep(max(0.0, started + offsets[n] - time.perf_counter()))
         statuses = await asyncio.gather(*tasks, return_exceptions=True)
         # CPU while sending and answering: the drain below would dilute it.
         elapsed = time.perf_counter() - started
@@ -341,6 +343,19 @@ async def run_rate(
         load_average=os.getloadavg()[0],
     )
     return result, first + total
+
+
+def send_offsets(rate: int, total: int, *, poisson: bool, seed: int) -> list[float]:
+    """When each send is due, in seconds from the start: every 1/rate, or Poisson arrivals at that
+    mean rate (a fixed period can lock onto the consumer's poll-and-sleep cycle at low rates)."""
+    if not poisson:
+        return [n / rate for n in range(total)]
+    rng = random.Random(seed)
+    offsets, at = [], 0.0
+    for _ in range(total):
+        offsets.append(at)
+        at += rng.expovariate(rate)
+    return offsets
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
@@ -466,6 +481,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="a setting for the ingress and consumer processes, e.g. CONSUMER_BATCH_TIMEOUT_MS=50; "
         "repeatable",
+    )
+    parser.add_argument(
+        "--poisson",
+        action="store_true",
+        help="Poisson arrivals at each rate (exponential gaps) instead of one every 1/rate",
     )
     parser.add_argument("--label", default="", help="a name for this run in the output")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON (- for stdout)")
