@@ -31,8 +31,9 @@ class DerivedEvent(NamedTuple):
     data_model: builtins.type[BaseModel]  # one of the models in schemas.derived, or the xAPI statement's
 
     def value(self) -> bytes:
-        """The Kafka record value: the data as JSON."""
-        return to_json(self.data)
+        """The Kafka record value: the data as JSON (NaN and infinities as null, as pydantic writes
+        them: the platform's numbers may overflow to infinity, and JSON has no word for it)."""
+        return to_json(self.data, inf_nan_mode="null")
 
     def validated(self) -> BaseModel:
         """The data validated by its model. The tests hold every handler to it: its JSON is `value()`,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator
 
 from schemas.webhook import Marks, Number, Portal, Reference, Test, User, WireModel
 
@@ -20,6 +20,9 @@ OBJECT_ID = AliasChoices("objectId", "id")
 
 class EventMeta(WireModel):
     """`meta` of an event that may lack `eventName`; its timestamp is the CloudEvents time."""
+
+    # `eventName` only, as routing reads it (see schemas.webhook.Meta).
+    model_config = ConfigDict(validate_by_name=False)
 
     timestamp: str
     event_name: str | None = None

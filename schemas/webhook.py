@@ -39,6 +39,10 @@ class Portal(WireModel):
 
 
 class Meta(WireModel):
+    # The event's name is `eventName` only, as routing reads it (handlers/routing.py): a body whose
+    # meta says `event_name` must not be taken for one that names its event.
+    model_config = ConfigDict(validate_by_name=False)
+
     timestamp: str
     event_name: str
 

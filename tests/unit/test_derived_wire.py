@@ -164,3 +164,15 @@ def test_a_score_fraction_outside_0_to_1_leaves_the_score_out_of_the_statement_n
     assert statement["result"]["success"] is False
     for event in events:
         assert_as_validated(event)
+
+
+@pytest.mark.parametrize("overflowing", ["1e400", "-1e400", "NaN"])
+def test_a_number_that_overflows_json_is_null_in_the_records_as_pydantic_writes_it(overflowing: str) -> None:
+    raw = encode(results_released()).replace(b'"maxPoints": 40', b'"maxPoints": ' + overflowing.encode())
+    assert overflowing.encode() in raw
+    result = route_webhook(raw, SOURCE, TABLE)
+    assert isinstance(result, Handled), result
+    for event in result.output.events:
+        json.loads(event.value(), parse_constant=pytest.fail)  # strict JSON: no NaN or Infinity
+        assert_as_validated(event)
+    assert json.loads(result.output.events[0].value())["attempt"]["maxPoints"] is None

@@ -203,3 +203,14 @@ def test_a_conflicting_subscription_name_comes_out_as_out_of_the_full_path() -> 
     fast, full = both_paths(encode(results_released()), "exam.completed")
     assert isinstance(fast, Handled)
     assert fast == full
+
+
+def test_a_meta_that_says_event_name_in_snake_case_names_no_event_on_either_path() -> None:
+    body = platform_body("exam-completed")
+    body["meta"] = {"timestamp": body["meta"]["timestamp"], "event_name": "exam.completed"}
+    body["user"]["customAttributes"] = {"eventName": "exam.completed"}
+    for subscribed in (None, "exam.submitted"):
+        fast, full = both_paths(encode(body), subscribed)
+        assert fast == full
+    fast, _ = both_paths(encode(body))
+    assert isinstance(fast, Unrouted)
