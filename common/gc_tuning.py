@@ -12,7 +12,11 @@ futures and dicts of a batch die by reference counting). Two measures, both publ
   which finds nothing to free and promotes the in-flight objects to older generations, from where
   they trigger the full collections.
 
-Cycles are still collected, only less often; memory stays bounded by the thresholds.
+Cycles are still collected, only less often: at most 50,000 container objects (a few MB to about
+20 MB of small objects) wait for a young collection, and cyclic garbage promoted while in use waits
+for a full one. What a batch allocates dies by reference counting (measured: no unreachable objects
+per record), so in the profiled runs no collection was needed at all. Objects alive at the freeze
+(start-up's, and at most one batch already fetched) stay for the life of the process.
 """
 
 from __future__ import annotations
