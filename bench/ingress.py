@@ -43,6 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import parse_checkouts, read_answer  # noqa: E402
+
 BODY = (ROOT / "tests" / "data" / "exam-results-released.json").read_bytes()
 USERNAME, PASSWORD = "bench", "bench-password"
 VARIANTS = 256  # distinct bodies, so keys spread over partitions as real users do
@@ -123,14 +125,8 @@ async def drive(
                 next_index += 1
                 started = time.perf_counter()
                 writer.write(payload)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                await reader.readexactly(length)
+                status = await read_answer(reader)
                 latencies.append(time.perf_counter() - started)
-                status = int(head[9:12])
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
             writer.close()
@@ -254,17 +250,6 @@ async def measure(
         code = stop(process)
         print(f"{name}: server exited with {code}", flush=True)
     return results
-
-
-def parse_checkouts(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Path]:
-    """This checkout as ".", then each `--checkout LABEL=DIR`."""
-    checkouts = {".": ROOT}
-    for item in items:
-        label, _, directory = item.partition("=")
-        if not label or label in checkouts or not Path(directory, "ingress", "__main__.py").is_file():
-            parser.error(f"--checkout {item!r}: expected a new LABEL=DIR, DIR a checkout of this project")
-        checkouts[label] = Path(directory).resolve()
-    return checkouts
 
 
 @dataclass
@@ -469,7 +454,7 @@ def parse_args() -> tuple[argparse.Namespace, dict[str, Path]]:
     )
     parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    return args, parse_checkouts(parser, args.checkout)
+    return args, parse_checkouts(parser, args.checkout, "ingress")
 
 
 if __name__ == "__main__":

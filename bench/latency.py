@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._chaos_support import Child  # noqa: E402
+from bench._common import read_answer  # noqa: E402
 from tests.support.broker import free_port  # noqa: E402
 from tests.support.consumer_harness import ConsumerTopics, make_consumer_topics  # noqa: E402
 from tests.support.webhooks import encode, results_released  # noqa: E402
@@ -152,14 +153,8 @@ async def post(
     try:
         sent[key] = time.perf_counter()
         writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await reader.readexactly(length)
+        status = await read_answer(reader)
         answered[key] = time.perf_counter()
-        status = int(head[9:12])
         ok = status == 202
         return status
     finally:

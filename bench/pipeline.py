@@ -42,6 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import parse_checkouts  # noqa: E402
 from tests.support.broker import free_port  # noqa: E402
 from tests.support.consumer_harness import expected_outputs  # noqa: E402
 from tests.support.kafka_io import create_topics  # noqa: E402
@@ -247,17 +248,6 @@ async def consumer_run(
         proc.wait(timeout=60)
 
 
-def parse_checkouts(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Path]:
-    """This checkout as ".", then each `--checkout LABEL=DIR`."""
-    checkouts = {".": ROOT}
-    for item in items:
-        label, _, directory = item.partition("=")
-        if not label or label in checkouts or not Path(directory, "consumer", "__main__.py").is_file():
-            parser.error(f"--checkout {item!r}: expected a new LABEL=DIR, DIR a checkout of this project")
-        checkouts[label] = Path(directory).resolve()
-    return checkouts
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -283,7 +273,7 @@ async def main() -> None:
     )
     args = parser.parse_args()
     bootstrap, total = args.bootstrap, args.events
-    checkouts = parse_checkouts(parser, args.checkout)
+    checkouts = parse_checkouts(parser, args.checkout, "consumer")
     checkout_tags = {label: f"c{n}" for n, label in enumerate(checkouts)}
 
     suffix = uuid.uuid4().hex[:8]
