@@ -7,6 +7,7 @@ from typing import Any
 from handlers.event_ids import event_id
 from handlers.routing import HandlerOutput, SourceRecord
 from handlers.settings import RulesSettings
+from handlers.shared_data import learner_data
 from schemas.cloudevents import DerivedEvent
 from schemas.derived import AttemptContext
 from schemas.platform import AttemptReported
@@ -20,12 +21,7 @@ def derive_attempt_event(
     marks = attempt.marks
     # As `model` has it on the wire: camelCase, in its field order.
     context: dict[str, Any] = {
-        "learner": {
-            "id": user.id,
-            "name": user.name,
-            "email": user.email,
-            "subPortalId": user.sub_portal_id,
-        },
+        "learner": learner_data(user),
         "portalId": portal_id,
         "isExam": attempt.is_exam,
         "exam": None if webhook.exam is None else {"id": webhook.exam.id, "name": webhook.exam.name},
@@ -56,7 +52,7 @@ def derive_attempt_event(
             "scoreFrac": attempt.score_frac,
         },
         "reportedAt": webhook.meta.timestamp,
-        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+        "source": source._asdict(),
     }
     event = DerivedEvent(
         type=model.event_type,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from handlers.event_ids import event_id
 from handlers.routing import HandlerOutput, SourceRecord
 from handlers.settings import RulesSettings
+from handlers.shared_data import learner_data
 from schemas.cloudevents import DerivedEvent
 from schemas.derived import RegistrationCreated
 from schemas.platform import UserRegisteredForExam
@@ -18,12 +19,7 @@ def derive_registration_created(
     at = webhook.meta.timestamp
     # As `RegistrationCreated` has it on the wire: camelCase, in its field order.
     data = {
-        "learner": {
-            "id": user.id,
-            "name": user.name,
-            "email": user.email,
-            "subPortalId": user.sub_portal_id,
-        },
+        "learner": learner_data(user),
         "portalId": portal_id,
         "exam": {
             "id": exam.object_id,
@@ -33,7 +29,7 @@ def derive_registration_created(
         },
         "userGroup": None if group is None else {"id": group.object_id, "name": group.name},
         "registeredAt": at,
-        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+        "source": source._asdict(),
     }
     event = DerivedEvent(
         type=RegistrationCreated.event_type,

@@ -8,6 +8,7 @@ from typing import Any
 from handlers.event_ids import event_id
 from handlers.routing import HandlerOutput, SourceRecord
 from handlers.settings import RulesSettings
+from handlers.shared_data import learner_data
 from handlers.xapi import result_statement
 from schemas.cloudevents import DerivedEvent
 from schemas.derived import (
@@ -52,12 +53,7 @@ def _result_context(webhook: ExamResultsReleased, source: SourceRecord) -> dict[
     user, attempt, exam = webhook.user, webhook.attempt, webhook.exam
     withheld = not exam.attr.publish_exam_grade
     return {
-        "learner": {
-            "id": user.id,
-            "name": user.name,
-            "email": user.email,
-            "subPortalId": user.sub_portal_id,
-        },
+        "learner": learner_data(user),
         "portalId": webhook.portal.id,
         "exam": {
             "id": exam.id,
@@ -81,7 +77,7 @@ def _result_context(webhook: ExamResultsReleased, source: SourceRecord) -> dict[
         "grade": None if withheld else {"label": attempt.grade.label, "minScore": attempt.grade.min_score},
         "gradeWithheld": withheld,
         "releasedAt": attempt.audit.released_at,
-        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+        "source": source._asdict(),
     }
 
 

@@ -27,7 +27,7 @@ def derive_score_overridden(
         "credits": _change(webhook.credits),
         "penalties": _change(webhook.penalties),
         "overriddenAt": at,
-        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+        "source": source._asdict(),
     }
     event = DerivedEvent(
         type=ScoreOverridden.event_type,
