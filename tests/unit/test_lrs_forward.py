@@ -113,12 +113,17 @@ def stored_all(body: list[dict[str, Any]]) -> httpx.Response:
     return httpx.Response(200, json=[s["id"] for s in body])
 
 
-def test_the_settings_name_the_issue_s_variables_and_default_the_rest(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def lrs_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The settings lrs-forward requires, in the environment; more can be set on what it returns."""
     monkeypatch.setenv("LRS_URL", "https://lrs.example.com/")
     monkeypatch.setenv("LRS_USERNAME", "forwarder")
     monkeypatch.setenv("LRS_PASSWORD", "secret")
+    return monkeypatch
+
+
+@pytest.mark.usefixtures("lrs_environment")
+def test_the_settings_name_the_issue_s_variables_and_default_the_rest() -> None:
     chosen = LrsForwardSettings()  # the required ones come from the environment
     assert chosen.statements_url == "https://lrs.example.com/xAPI/statements"
     assert chosen.statements_topic == "exam.xapi.statements"
@@ -298,12 +303,9 @@ async def test_the_probe_port_answers_health_readiness_and_metrics_in_the_shared
 
 
 def test_the_statements_topic_follows_the_consumers_xapi_topic_unless_set_itself(
-    monkeypatch: pytest.MonkeyPatch,
+    lrs_environment: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("LRS_URL", "https://lrs.example.com/")
-    monkeypatch.setenv("LRS_USERNAME", "forwarder")
-    monkeypatch.setenv("LRS_PASSWORD", "secret")
-    monkeypatch.setenv("CONSUMER_XAPI_TOPIC", "tenant-a.xapi")
+    lrs_environment.setenv("CONSUMER_XAPI_TOPIC", "tenant-a.xapi")
     assert LrsForwardSettings().statements_topic == "tenant-a.xapi"
-    monkeypatch.setenv("LRS_STATEMENTS_TOPIC", "forwarded.xapi")
+    lrs_environment.setenv("LRS_STATEMENTS_TOPIC", "forwarded.xapi")
     assert LrsForwardSettings().statements_topic == "forwarded.xapi"
