@@ -28,7 +28,14 @@ from pydantic_core import from_json
 from common import tracing as otel
 from common.readiness import readiness
 from common.tracing import NO_TRACING, Span, SpanKind, Tracing
-from ingress.auth import BASIC_REALM, WEBHOOK_ID, AuthenticationFailed, Authenticator, authenticator_from
+from ingress.auth import (
+    BASIC_REALM,
+    WEBHOOK_ID,
+    AuthenticationFailed,
+    Authenticator,
+    SignedHeaders,
+    authenticator_from,
+)
 from ingress.metrics import IngressMetrics
 from ingress.openapi import WEBHOOK_RESPONSES, openapi_document
 from ingress.producer import KafkaUnreachable, ProduceFailed, Readiness, RecordProducer, RecordTooLarge
@@ -285,6 +292,8 @@ class WebhookEndpoint:
         if authenticator.challenges_basic:
             unauthorized.append((b"www-authenticate", BASIC_REALM.encode()))
         self._unauthorized_headers = unauthorized
+        # Refused before the body is read: closing spares us reading it (and the client sending it).
+        self._unauthorized_unread_headers: RawHeaders = [*unauthorized, (b"connection", b"close")]
         self._retry_after: RawHeaders = [(b"retry-after", str(settings.retry_after_seconds).encode())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -365,8 +374,11 @@ class WebhookEndpoint:
         span: Span | None = None,
         subscribed: str | None = None,
     ) -> Answer:
-        """The checks, in order: size, authentication, content type, JSON shape, the path's event
-        name; then produce.
+        """The checks, in order: declared size, authentication from the headers, then (body read)
+        the signature against the body, content type, JSON shape, the path's event name; then produce.
+
+        Whoever proves no identity in the headers (no scheme admits them and they carry no
+        well-formed signature headers) gets 401 before a byte of the body is read.
 
         `subscribed` is the `{eventName}` of `POST /webhooks/{eventName}`: it becomes the record's
         `event-name` header, whatever the body's `meta.eventName` says (the consumer decides, see
@@ -378,6 +390,10 @@ class WebhookEndpoint:
         if declared is not None and declared.isdigit():
             if len(declared) > MAX_CONTENT_LENGTH_DIGITS or int(declared) > self._max_body:
                 return self._too_large()
+        try:
+            signed = self._authenticator.check_headers(headers)
+        except AuthenticationFailed as exc:
+            return self._reject(401, "unauthorized", self._unauthorized_unread_headers, log_reason=str(exc))
         # One deadline per request, one timer: the body read's, then moved to the produce's.
         try:
             async with asyncio.timeout(self._body_timeout) as deadline:
@@ -385,7 +401,9 @@ class WebhookEndpoint:
                 if body is None:
                     return self._too_large()
                 context["producing"] = False
-                return await self._check_and_produce(headers, body, context, deadline, span, subscribed)
+                return await self._check_and_produce(
+                    headers, signed, body, context, deadline, span, subscribed
+                )
         except TimeoutError:
             if "producing" not in context:
                 return self._reject(
@@ -400,6 +418,7 @@ class WebhookEndpoint:
     async def _check_and_produce(
         self,
         headers: dict[bytes, bytes],
+        signed: SignedHeaders | None,
         body: bytes,
         context: dict[str, Any],
         deadline: asyncio.Timeout,
@@ -407,11 +426,13 @@ class WebhookEndpoint:
         subscribed: str | None,
     ) -> Answer:
         """Every check after the body read, then the produce, bounded by `deadline` moved to the
-        produce timeout."""
-        try:
-            self._authenticator.verify(headers, body)
-        except AuthenticationFailed as exc:
-            return self._reject(401, "unauthorized", self._unauthorized_headers, log_reason=str(exc))
+        produce timeout. `signed`: the signature headers the body must match, if the headers alone
+        did not admit the request."""
+        if signed is not None:
+            try:
+                self._authenticator.verify_body(signed, body)
+            except AuthenticationFailed as exc:
+                return self._reject(401, "unauthorized", self._unauthorized_headers, log_reason=str(exc))
 
         content_type = headers.get(b"content-type")
         if not is_json_media_type(content_type) or len(content_type or b"") > MAX_CONTENT_TYPE_BYTES:

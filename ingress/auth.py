@@ -1,7 +1,8 @@
 """Who may post: HTTP Basic and Standard Webhooks signatures, both checked in constant time.
 
-`Authenticator.verify` raises `AuthenticationFailed`, the one exception the HTTP layer maps to 401.
-The signature is verified on the raw bytes, before the body is parsed.
+`Authenticator.check_headers` (before the body is read) and `Authenticator.verify_body` (only for
+a request signed with well-formed headers) raise `AuthenticationFailed`, the one exception the HTTP
+layer maps to 401. The signature is verified on the raw bytes, before the body is parsed.
 """
 
 from __future__ import annotations
@@ -58,44 +59,74 @@ class BasicCredentials:
 
 
 @dataclass(frozen=True, slots=True)
+class SignedHeaders:
+    """Well-formed Standard Webhooks headers, still to be checked against the body."""
+
+    msg_id: bytes
+    timestamp: bytes
+    signatures: tuple[bytes, ...]  # the base64 parts of the `v1,` entries
+
+
+@dataclass(frozen=True, slots=True)
 class SignatureVerifier:
-    """Standard Webhooks: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, any of several keys."""
+    """Standard Webhooks: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, any of several keys.
+
+    In two steps, so that a request is refused before its body is read whenever the headers
+    alone can refuse it: `check_headers`, then `verify_body`.
+    """
 
     keys: Sequence[bytes]
     tolerance_seconds: int = 300
     clock: Clock = time.time
 
-    def verify(self, headers: Mapping[bytes, bytes], body: bytes) -> None:
-        """Raise `AuthenticationFailed` unless a signature matches the body under one of the keys."""
+    def check_headers(self, headers: Mapping[bytes, bytes]) -> SignedHeaders:
+        """The signature headers, or `AuthenticationFailed` unless they are present and well formed:
+        a webhook-id, a timestamp of digits within the tolerance, and at least one `v1,` entry."""
         msg_id = headers.get(WEBHOOK_ID)
         timestamp = headers.get(WEBHOOK_TIMESTAMP)
-        signatures = headers.get(WEBHOOK_SIGNATURE)
-        if not (msg_id and timestamp and signatures):
+        signature_header = headers.get(WEBHOOK_SIGNATURE)
+        if not (msg_id and timestamp and signature_header):
             raise AuthenticationFailed("missing webhook-id, webhook-timestamp or webhook-signature")
-        if len(signatures) > MAX_SIGNATURE_HEADER_BYTES:
+        if len(signature_header) > MAX_SIGNATURE_HEADER_BYTES:
             raise AuthenticationFailed("webhook-signature header too long")
         # Digits only, and few of them: int() of a 400-digit number works, but comparing it with a
         # float (the clock) overflows, and 5000 digits exceed Python's int conversion limit.
         if not (timestamp.isdigit() and len(timestamp) <= MAX_TIMESTAMP_DIGITS):
             raise AuthenticationFailed("webhook-timestamp is not Unix seconds")
-        sent_at = int(timestamp)
-        if abs(self.clock() - sent_at) > self.tolerance_seconds:
+        if abs(self.clock() - int(timestamp)) > self.tolerance_seconds:
             raise AuthenticationFailed("webhook-timestamp outside the tolerance")
-        signed = b"%s.%s.%s" % (msg_id, timestamp, body)
-        expected = [base64.b64encode(hmac.digest(key, signed, hashlib.sha256)) for key in self.keys]
-        for entry in signatures.split():
-            version, _, signature = entry.partition(b",")
-            if version != b"v1":
-                continue
+        signatures = tuple(
+            signature
+            for version, _, signature in (entry.partition(b",") for entry in signature_header.split())
+            if version == b"v1"
+        )
+        if not signatures:
+            raise AuthenticationFailed("no v1 entry in webhook-signature")
+        return SignedHeaders(msg_id, timestamp, signatures)
+
+    def verify_body(self, signed: SignedHeaders, body: bytes) -> None:
+        """Raise `AuthenticationFailed` unless a signature matches the body under one of the keys."""
+        message = b"%s.%s.%s" % (signed.msg_id, signed.timestamp, body)
+        expected = [base64.b64encode(hmac.digest(key, message, hashlib.sha256)) for key in self.keys]
+        for signature in signed.signatures:
             for candidate in expected:
                 if hmac.compare_digest(signature, candidate):
                     return
         raise AuthenticationFailed("no webhook-signature matches")
 
+    def verify(self, headers: Mapping[bytes, bytes], body: bytes) -> None:
+        """Both steps: raise `AuthenticationFailed` unless a signature matches the body."""
+        self.verify_body(self.check_headers(headers), body)
+
 
 @dataclass(frozen=True, slots=True)
 class Authenticator:
-    """Admits a request when any configured scheme accepts it; with none configured, admits all."""
+    """Admits a request when any configured scheme accepts it; with none configured, admits all.
+
+    `check_headers` decides from the headers alone whenever it can (no scheme, Basic, or signature
+    headers that are missing or malformed), so an unauthenticated request is refused before its
+    body is read; only well-formed signature headers leave `verify_body` to do.
+    """
 
     basic: BasicCredentials | None
     signatures: SignatureVerifier | None
@@ -110,16 +141,28 @@ class Authenticator:
         """True when no scheme is configured (INGRESS_ALLOW_UNAUTHENTICATED)."""
         return self.basic is None and self.signatures is None
 
-    def verify(self, headers: Mapping[bytes, bytes], body: bytes) -> None:
-        """Raise `AuthenticationFailed` unless the request is admitted."""
+    def check_headers(self, headers: Mapping[bytes, bytes]) -> SignedHeaders | None:
+        """None when the request is admitted; the signature headers when the body decides (see
+        `verify_body`); else `AuthenticationFailed`."""
         if self.open:
-            return
+            return None
         if self.basic is not None and self.basic.admits(headers.get(AUTHORIZATION)):
-            return
+            return None
         if self.signatures is not None:
-            self.signatures.verify(headers, body)
-            return
+            return self.signatures.check_headers(headers)
         raise AuthenticationFailed("missing or wrong basic credentials")
+
+    def verify_body(self, signed: SignedHeaders, body: bytes) -> None:
+        """Raise `AuthenticationFailed` unless the body matches the signature headers `check_headers` gave."""
+        if self.signatures is None:  # check_headers gives SignedHeaders only when signatures are configured
+            raise AuthenticationFailed("no signing secret configured")
+        self.signatures.verify_body(signed, body)
+
+    def verify(self, headers: Mapping[bytes, bytes], body: bytes) -> None:
+        """Both steps: raise `AuthenticationFailed` unless the request is admitted."""
+        signed = self.check_headers(headers)
+        if signed is not None:
+            self.verify_body(signed, body)
 
 
 def authenticator_from(settings: IngressSettings, clock: Clock = time.time) -> Authenticator:

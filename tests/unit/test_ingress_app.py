@@ -286,6 +286,118 @@ async def test_a_declared_content_length_over_the_limit_gets_413_before_any_body
     assert body.sent == 0
 
 
+class UnreadBody:
+    """An ASGI receive() whose body never arrives, recording whether the app asked for it."""
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    async def __call__(self) -> dict[str, Any]:
+        self.asked = True
+        await asyncio.sleep(60)  # bounded: the test's timeout ends it
+        return {"type": "http.disconnect"}
+
+
+def headers_of(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"application/json")] + [(k.encode(), v.encode()) for k, v in headers.items()]
+
+
+def long_signature() -> dict[str, str]:
+    headers = signed(b"{}")
+    headers["webhook-signature"] = "v1," + "A" * 5000
+    return headers
+
+
+def without(name: str) -> dict[str, str]:
+    headers = signed(b"{}")
+    del headers[name]
+    return headers
+
+
+def with_header(name: str, value: str) -> dict[str, str]:
+    return {**signed(b"{}"), name: value}
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {},
+        basic_auth(password="wrong"),
+        {**basic_auth(password="wrong"), **without("webhook-signature")},
+        without("webhook-id"),
+        without("webhook-timestamp"),
+        with_header("webhook-timestamp", "soon"),
+        with_header("webhook-timestamp", "1000000000"),
+        with_header("webhook-signature", "v2,abc v1a,def"),
+        long_signature(),
+    ],
+    ids=[
+        "no credentials",
+        "wrong password",
+        "wrong password and no signature",
+        "signature without webhook-id",
+        "signature without timestamp",
+        "timestamp not digits",
+        "timestamp out of tolerance",
+        "no v1 entry",
+        "signature header too long",
+    ],
+)
+async def test_a_request_the_headers_cannot_admit_gets_401_and_close_without_its_body_being_read(
+    app: IngressApp, producer: RecordingProducer, credentials: dict[str, str]
+) -> None:
+    body = UnreadBody()
+
+    sent = await asyncio.wait_for(call(app, webhook_scope(headers_of(credentials)), body), 10)
+
+    assert sent[0]["status"] == 401
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert any(name == b"www-authenticate" for name, _ in sent[0]["headers"])
+    assert not body.asked
+    assert producer.records == []
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"basic_auth_username": None, "basic_auth_password": None},
+    ],
+    ids=["basic and signatures", "signatures only"],
+)
+async def test_well_formed_signature_headers_let_the_body_be_read_and_a_wrong_signature_gets_401(
+    producer: RecordingProducer, settings: dict[str, Any]
+) -> None:
+    app = create_app(ingress_settings(**settings), producer=producer)
+    sent_body = b'{"user":{"id":"u1"}}'
+    credentials = signed(b'{"user":{"id":"u2"}}')  # well formed, for another body
+    read = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        read = True
+        return {"type": "http.request", "body": sent_body, "more_body": False}
+
+    sent = await call(app, webhook_scope(headers_of(credentials)), receive)
+
+    assert read
+    assert sent[0]["status"] == 401
+    assert (b"connection", b"close") not in sent[0]["headers"]  # the body was read: the connection is clean
+    assert producer.records == []
+
+
+async def test_with_both_schemes_valid_basic_credentials_need_no_signature(
+    app: IngressApp, producer: RecordingProducer
+) -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    sent = await call(app, webhook_scope(headers_of(basic_auth())), receive)
+
+    assert sent[0]["status"] == 202
+    assert len(producer.records) == 1
+
+
 async def test_a_client_that_disconnects_mid_body_gets_no_answer_and_nothing_is_produced(
     app: IngressApp, producer: RecordingProducer
 ) -> None:
@@ -333,7 +445,8 @@ async def test_every_status_the_endpoint_answers_is_documented(
         patch.setattr("ingress.app.record_key", crash)
         seen.add((await post(client, sample_body)).status_code)
     slow = create_app(ingress_settings(body_read_timeout_seconds=0.05), producer=producer)
-    seen.add((await call(slow, webhook_scope([]), stalled_body))[0]["status"])
+    authorized = [(b"authorization", basic_auth()["authorization"].encode())]
+    seen.add((await call(slow, webhook_scope(authorized), stalled_body))[0]["status"])
 
     assert seen == set(WEBHOOK_RESPONSES)
 
@@ -394,7 +507,8 @@ async def test_metrics_count_requests_by_status_and_bytes_under_the_exam_events_
     assert 'exam_events_ingress_requests_total{status="202"} 1.0' in page
     assert 'exam_events_ingress_requests_total{status="401"} 1.0' in page
     assert f"exam_events_ingress_produced_bytes_total {float(len(sample_body))}" in page
-    assert f"exam_events_ingress_received_bytes_total {float(2 * len(sample_body))}" in page
+    # The 401's body was never read: only the accepted one was received.
+    assert f"exam_events_ingress_received_bytes_total {float(len(sample_body))}" in page
     assert "exam_events_ingress_produce_seconds_count 1.0" in page
     assert "exam_events_ingress_kafka_unreachable 0.0" in page
     assert "exam_events_ingress_fast_refusals_total 0.0" in page

@@ -197,3 +197,73 @@ def test_with_no_scheme_configured_everything_is_admitted() -> None:
     )
 
     open_door.verify({}, BODY)
+
+
+def test_well_formed_signature_headers_are_checked_without_the_body(verifier: SignatureVerifier) -> None:
+    headers = signed(BODY, timestamp=NOW)
+    headers["webhook-signature"] = f"v2,abc {headers['webhook-signature']} v1,second"
+
+    checked = verifier.check_headers(as_asgi(headers))
+
+    assert checked.msg_id == b"msg_test_1"
+    assert checked.timestamp == str(NOW).encode()
+    assert checked.signatures == (sign(SIGNING_KEY, "msg_test_1", NOW, BODY)[3:].encode(), b"second")
+    verifier.verify_body(checked, BODY)
+
+
+@pytest.mark.parametrize(
+    ("signature", "reason"),
+    [("v2,abc v1a,def", "no v1 entry"), ("v1," + "A" * 4096, "too long"), ("   ", "no v1 entry")],
+)
+def test_signature_headers_without_a_usable_v1_entry_are_refused_from_the_headers(
+    verifier: SignatureVerifier, signature: str, reason: str
+) -> None:
+    headers = {**signed(BODY, timestamp=NOW), "webhook-signature": signature}
+
+    with pytest.raises(AuthenticationFailed, match=reason):
+        verifier.check_headers(as_asgi(headers))
+
+
+def test_the_headers_of_another_body_pass_the_header_check_and_fail_the_body_check(
+    verifier: SignatureVerifier,
+) -> None:
+    checked = verifier.check_headers(as_asgi(signed(b'{"user":{"id":"usr_2"}}', timestamp=NOW)))
+
+    with pytest.raises(AuthenticationFailed, match="no webhook-signature matches"):
+        verifier.verify_body(checked, BODY)
+
+
+def test_valid_basic_credentials_admit_from_the_headers_alone(both_schemes: Authenticator) -> None:
+    assert both_schemes.check_headers(as_asgi(basic_auth())) is None
+
+
+def test_a_wrong_password_with_well_formed_signature_headers_leaves_the_body_to_decide(
+    both_schemes: Authenticator,
+) -> None:
+    headers = as_asgi({**basic_auth(password="wrong"), **signed(BODY, timestamp=NOW)})
+
+    checked = both_schemes.check_headers(headers)
+
+    assert checked is not None
+    both_schemes.verify_body(checked, BODY)
+    with pytest.raises(AuthenticationFailed):
+        both_schemes.verify_body(checked, b"{}")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, basic_auth(password="wrong"), {"webhook-id": "msg_1", "webhook-signature": "v1,abc"}],
+    ids=["nothing", "wrong password", "signature without timestamp"],
+)
+def test_with_both_schemes_headers_proving_nothing_are_refused_before_the_body(
+    both_schemes: Authenticator, headers: dict[str, str]
+) -> None:
+    with pytest.raises(AuthenticationFailed):
+        both_schemes.check_headers(as_asgi(headers))
+
+
+def test_with_only_basic_configured_wrong_credentials_are_refused_from_the_headers() -> None:
+    basic_only = authenticator_from(ingress_settings(signing_secrets=()), clock=lambda: NOW)
+
+    with pytest.raises(AuthenticationFailed, match="basic"):
+        basic_only.check_headers(as_asgi({**basic_auth(password="wrong"), **signed(BODY, timestamp=NOW)}))
