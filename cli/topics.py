@@ -25,6 +25,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from cli.errors import CommandFailed
 from cli.kafka import REQUEST_TIMEOUT_MS, unreachable
+from common.topics import DEAD_LETTER_HEADROOM_BYTES
 from consumer.settings import ConsumerSettings
 from lrs_forward.settings import LrsForwardSettings
 
@@ -52,8 +53,11 @@ def topic_configs(settings: ConsumerSettings, topic: str, replication: int) -> d
         # with two replicas a minimum of 2 means either broker down stops every acks=all write.
         # The price: a write acknowledged while one broker is down is on one replica only.
         configs["min.insync.replicas"] = "1"
-    if topic in settings.body_topics:
+    if topic == settings.raw_topic:
         configs["max.message.bytes"] = str(body_max_message_bytes())
+    elif topic in settings.body_topics:
+        # A copy of a raw record gains the consumer's headers: room for the largest one and them.
+        configs["max.message.bytes"] = str(body_max_message_bytes() + DEAD_LETTER_HEADROOM_BYTES)
     if topic == settings.dedup_topic:
         # Compaction keeps one record per ce_id; deletion drops segments older than the window,
         # which the store would expire on restore anyway.

@@ -24,10 +24,15 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
+    CorruptRecordException,
     InvalidProducerEpoch,
+    InvalidTimestampError,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
+    RecordListTooLargeError,
     UnknownProducerId,
+    UnsupportedForMessageFormatError,
 )
 
 from common.kafka import KafkaConnectionSettings
@@ -38,6 +43,17 @@ log = structlog.get_logger("producer")
 # producer id, sequence numbers from 0) can succeed. aiokafka fails the batch but keeps its sender
 # task alive, so "is the sender task dead?" alone does not catch them.
 PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
+# Broker answers that refuse a record batch for good: no retry of the same records can succeed (the
+# record is too large for the topic, or invalid). The producer had already given the batch its
+# sequence numbers, so the partition's next batch would meet OutOfOrderSequenceNumber: a producer
+# that met one is replaced too.
+REJECTION_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidTimestampError,
+    UnsupportedForMessageFormatError,
+)
 
 ProducerFactory = Callable[..., Any]
 KwargsSource = Callable[[], Awaitable[dict[str, Any]]]
@@ -177,12 +193,14 @@ class ManagedProducer:
         return future
 
     def _note_state_error(self, future: asyncio.Future[Any]) -> None:
-        if not future.cancelled() and isinstance(future.exception(), PRODUCER_STATE_ERRORS):
+        if not future.cancelled() and isinstance(
+            future.exception(), PRODUCER_STATE_ERRORS + REJECTION_ERRORS
+        ):
             self._state_error = future.exception()
 
     def note_error(self, error: BaseException) -> None:
         """Note an error met outside a send future (e.g. committing a transaction)."""
-        if isinstance(error, PRODUCER_STATE_ERRORS):
+        if isinstance(error, PRODUCER_STATE_ERRORS + REJECTION_ERRORS):
             self._state_error = error
 
     async def live(self) -> Any:

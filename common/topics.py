@@ -11,6 +11,9 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from common.kafka import KafkaConnectionSettings
 
 MAX_MESSAGE_BYTES = "max.message.bytes"
+# How much more the dead-letter and unrouted topics take than the raw topic: a copy of a raw record
+# gains the consumer's headers (why and where from; the error message is at most 1,000 characters).
+DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
 
 
 class TopicConfigUnavailable(Exception):

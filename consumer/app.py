@@ -138,6 +138,8 @@ def create_app(
     table = build_routing_table(settings.rules)
 
     checkpoint: AtLeastOnceCheckpoint | ExactlyOnceCheckpoint
+    # Output topic -> max.message.bytes, read by the start-up check before the first batch.
+    output_limits: dict[str, int] = {}
     if settings.exactly_once:
         transactions = PartitionTransactions(settings, member, metrics)
         eos = checkpoint = ExactlyOnceCheckpoint(
@@ -147,6 +149,7 @@ def create_app(
             member=member,
             metrics=metrics,
             tracing=tracing,
+            output_limits=output_limits,
         )
 
         async def after_assign(assigned: set[TopicPartition]) -> None:
@@ -184,6 +187,7 @@ def create_app(
             metrics=metrics,
             owned=owned,
             tracing=tracing,
+            output_limits=output_limits,
         )
         checkpoint = AtLeastOnceCheckpoint(
             settings=settings, processor=processor, guard=guard, member=member, metrics=metrics
@@ -269,7 +273,7 @@ def create_app(
 
     async def start() -> None:
         try:
-            await check_topics(settings)
+            output_limits.update(await check_topics(settings))
         except TopicsNotReady as exc:
             log.error("refusing_to_start", reason=str(exc))
             raise

@@ -24,6 +24,13 @@ commits nothing: at-least-once re-publishes the batch with backoff (duplicates w
 never a loss); exactly-once abandons the transaction (it is aborted, or fenced by the partition's
 next producer), acquires the partition again (`consumer.transactions`), rewinds to the committed
 offset and retries with backoff.
+
+No single webhook may stop its partition: step 1 dead-letters a webhook whose derived records would
+not fit their topics (`OutputTooLarge`, from the max.message.bytes read at start-up). When the
+broker still refuses records for good (`consumer.sender.is_rejection`: too large, invalid), retrying
+cannot help: the batch's records are handled again one at a time (exactly-once: one transaction
+each, the failed one aborted), and the webhook whose outputs are refused again is planned as a dead
+letter (`OutputRejected`). Broker and network errors are retried without end.
 """
 
 from __future__ import annotations
@@ -51,8 +58,16 @@ from common import tracing as otel
 from common.tracing import Tracing
 from consumer.group import GroupMember
 from consumer.metrics import ConsumerMetrics
-from consumer.plan import BatchPlan, BatchTrace, OutgoingRecord, RawRecord, plan_batch
-from consumer.sender import KeyPartitioner, PublishError, RecordSender, await_acks, publish_all, queue_records
+from consumer.plan import BatchPlan, BatchTrace, OutgoingRecord, RawRecord, Rejections, plan_batch
+from consumer.sender import (
+    KeyPartitioner,
+    PublishError,
+    RecordSender,
+    await_acks,
+    is_rejection,
+    publish_all,
+    queue_records,
+)
 from consumer.settings import ConsumerSettings
 from consumer.transactions import PartitionState, PartitionTransactions
 from handlers import RoutingTable
@@ -88,10 +103,13 @@ class BatchProcessor:
         owned: Owned = lambda partitions: partitions,
         sleep: Sleep = asyncio.sleep,
         tracing: Tracing = otel.NO_TRACING,
+        output_limits: Mapping[str, int] | None = None,
     ) -> None:
         self._settings = settings
         self._table = table
         self._derived_topics = settings.derived_topics
+        # Topic -> max.message.bytes, filled in by the start-up check (consumer.topics).
+        self._output_limits = output_limits if output_limits is not None else {}
         self._sender = sender
         self._commit = commit
         self._metrics = metrics
@@ -121,7 +139,7 @@ class BatchProcessor:
             self._in_flight_since = None
             self.last_progress = time.monotonic()
 
-    async def _process(self, records: Sequence[RawRecord]) -> bool:
+    async def _process(self, records: Sequence[RawRecord], rejected: Rejections | None = None) -> bool:
         started = time.perf_counter()
         settings = self._settings
         plan = plan_batch(
@@ -130,20 +148,52 @@ class BatchProcessor:
             self._derived_topics,
             dlq_topic=settings.dlq_topic,
             unrouted_topic=settings.unrouted_topic,
+            output_limits=self._output_limits,
+            rejected=rejected,
             tracing=self._tracing,
             group_id=settings.group_id,
         )
         try:
-            done = await self._publish_and_commit(records, plan, started)
+            done = await self._publish_and_commit(records, plan, started, isolate=not rejected)
+        except OutputsRejected as exc:
+            plan.trace.finish(exc)
+            return await self._after_rejection(records, exc)
         except BaseException as exc:  # a crash or a cancellation: the spans say so, then it goes on
             plan.trace.finish(exc)
             raise
         plan.trace.finish(None if done else "PartitionLost")
         return done
 
+    async def _after_rejection(self, records: Sequence[RawRecord], exc: OutputsRejected) -> bool:
+        """The broker refused records of the batch for good; nothing of it is committed.
+
+        One record: plan it again as a dead letter. Several: handle them one at a time (each
+        committed on its own), so only the webhook whose outputs are refused again is dead-lettered.
+        Outputs of the others that were acknowledged already are published again (same ce_ids).
+        """
+        self._metrics.outputs_rejected.inc()
+        if len(records) == 1:
+            record = records[0]
+            return await self._process(records, {(record.partition, record.offset): exc.reason})
+        log.warning(
+            "outputs_rejected",
+            hint="the broker refused records for good; handling the batch one webhook at a time",
+            reason=exc.reason,
+            offsets=_offset_ranges(records),
+        )
+        for record in records:
+            if not await self._process([record]):
+                return False
+        return True
+
     async def _publish_and_commit(
-        self, records: Sequence[RawRecord], plan: BatchPlan, started: float
+        self, records: Sequence[RawRecord], plan: BatchPlan, started: float, *, isolate: bool = True
     ) -> bool:
+        """Publish until acknowledged (retrying with backoff), then commit.
+
+        With `isolate`, a publish the broker refused for good raises `OutputsRejected` instead of
+        being retried; without it (the dead letters of refused records) it is retried like any error.
+        """
         settings, metrics = self._settings, self._metrics
         metrics.consumed.inc(len(records))
         for seconds in plan.handler_seconds:
@@ -158,6 +208,8 @@ class BatchProcessor:
                 await publish_all(self._sender, outgoing)
                 break
             except Exception as exc:  # any publish failure: keep the batch, retry it
+                if isolate and is_rejection(exc):
+                    raise OutputsRejected(exc) from exc
                 attempt += 1
                 delay = backoff_delay(
                     attempt, settings.retry_backoff_initial_seconds, settings.retry_backoff_max_seconds
@@ -307,6 +359,15 @@ class PartitionLost(Exception):
     """This member no longer owns the partition (revoked, or evicted from the group)."""
 
 
+class OutputsRejected(Exception):
+    """The broker refused records of a batch for good (`consumer.sender.is_rejection`)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        cause = error.__cause__ or error
+        self.reason = f"the broker refused a derived record: {type(cause).__name__}"
+
+
 class ExactlyOnceCheckpoint:
     """Exactly-once: per raw partition of a batch, one transaction for its outputs and its offsets.
 
@@ -333,10 +394,13 @@ class ExactlyOnceCheckpoint:
         metrics: ConsumerMetrics,
         clock: Callable[[], float] = time.time,
         tracing: Tracing = otel.NO_TRACING,
+        output_limits: Mapping[str, int] | None = None,
     ) -> None:
         self._settings = settings
         self._table = table
         self._derived_topics = settings.derived_topics
+        # Topic -> max.message.bytes, filled in by the start-up check (consumer.topics).
+        self._output_limits = output_limits if output_limits is not None else {}
         self._partitions = partitions
         self._member = member
         self._metrics = metrics
@@ -389,8 +453,19 @@ class ExactlyOnceCheckpoint:
                 )
             return
         unhandled = self._unhandled(state, records)
-        if not unhandled:
-            return
+        while unhandled:
+            # After the broker refused records for good: one record per transaction until past them.
+            isolating = state.isolate_through is not None and unhandled[0].offset <= state.isolate_through
+            chunk = unhandled[:1] if isolating else unhandled
+            if not await self._commit_records(state, chunk):
+                return
+            unhandled = unhandled[len(chunk) :]
+            if state.isolate_through is not None and chunk[-1].offset >= state.isolate_through:
+                state.isolate_through = None
+
+    async def _commit_records(self, state: PartitionState, unhandled: list[RawRecord]) -> bool:
+        """Steps 1-4 for records of one partition; False when the transaction was abandoned."""
+        tp = state.tp
         started = time.perf_counter()
         settings = self._settings
         plan = plan_batch(
@@ -400,6 +475,8 @@ class ExactlyOnceCheckpoint:
             dlq_topic=settings.dlq_topic,
             unrouted_topic=settings.unrouted_topic,
             published=state.store,
+            output_limits=self._output_limits,
+            rejected=state.rejected or None,
             tracing=self._tracing,
             group_id=settings.group_id,
         )
@@ -414,11 +491,13 @@ class ExactlyOnceCheckpoint:
             if not isinstance(exc, Exception):
                 raise
             await self._abandon(state, exc, unhandled)
-            return
+            return False
         plan.trace.finish()
         # 4. Committed: the outputs, the changelog records and the offsets are visible together.
         state.next_offset = next_offset
         state.failures = 0
+        if state.rejected:
+            state.rejected = {key: why for key, why in state.rejected.items() if key[1] >= next_offset}
         now_ms = int(self._clock() * 1000)
         state.store.add((key for key, _, _ in plan.new_ids), now_ms)
         if changelog_end is not None:
@@ -440,6 +519,7 @@ class ExactlyOnceCheckpoint:
             unrouted=plan.count("unrouted"),
             revoked=plan.count("revoked"),
         )
+        return True
 
     def _unhandled(self, state: PartitionState, records: list[RawRecord]) -> list[RawRecord]:
         """The records to handle: none before the partition's committed offset, none after a gap."""
@@ -504,7 +584,16 @@ class ExactlyOnceCheckpoint:
         """Nothing of the transaction is committed: end it, acquire the partition afresh, rewind."""
         tp = state.tp
         fenced = _is_fenced(exc)
-        reason = "fenced" if fenced else "lost" if isinstance(exc, PartitionLost) else "error"
+        retry_now = self._note_rejection(state, exc, records)
+        reason = (
+            "fenced"
+            if fenced
+            else "lost"
+            if isinstance(exc, PartitionLost)
+            else "rejected"
+            if retry_now
+            else "error"
+        )
         self._metrics.transactions_aborted.labels(reason=reason).inc()
         producer = state.producer.current
         if not fenced and producer is not None:
@@ -535,17 +624,40 @@ class ExactlyOnceCheckpoint:
         if not self._member.owned({tp}):
             log.info("partition_not_owned", hint="transaction abandoned", partition=_name(tp))
             return
-        level = log.error if state.failures >= ERROR_AFTER_ATTEMPTS else log.warning
+        level = log.error if state.failures >= ERROR_AFTER_ATTEMPTS and not retry_now else log.warning
         level(
             "transaction_abandoned",
-            hint="nothing committed; rewinding and retrying",
+            hint="the broker refused records for good; handling them again one webhook per transaction"
+            if retry_now
+            else "nothing committed; rewinding and retrying",
             partition=_name(tp),
             error=repr(exc)[:500],
             offsets=f"{records[0].offset}-{records[-1].offset}",
             attempt=state.failures,
         )
         self._member.seek_or_die({tp: records[0].offset})
-        await self._backoff(state.failures)
+        if retry_now:
+            state.failures = 0  # no retry of the same records: they are handled otherwise now
+        else:
+            await self._backoff(state.failures)
+
+    def _note_rejection(self, state: PartitionState, exc: BaseException, records: list[RawRecord]) -> bool:
+        """When the broker refused records for good, say how they are handled next; True if so.
+
+        Several records: one per transaction from now on, up to the last of them. One record: planned
+        as a dead letter next time. A dead letter refused too is retried like any error (False).
+        """
+        if not is_rejection(exc):
+            return False
+        self._metrics.outputs_rejected.inc()
+        if len(records) > 1:
+            state.isolate_through = records[-1].offset
+            return True
+        key = (state.tp.partition, records[0].offset)
+        if key in state.rejected:
+            return False
+        state.rejected[key] = OutputsRejected(exc).reason
+        return True
 
     async def _backoff(self, failures: int) -> None:
         """Wait before retrying; a starting rebalance ends the wait at once."""

@@ -24,6 +24,8 @@ class ConsumerMetrics:
     batch_seconds: Histogram
     batches: Counter
     publish_retries: Counter
+    outputs_rejected: Counter
+    partitioner_cache_bytes: Gauge
     commit_failures: Counter
     batch_failures: Counter
     assigned_partitions: Gauge
@@ -100,6 +102,17 @@ class ConsumerMetrics:
             publish_retries=Counter(
                 f"{PREFIX}_publish_retries",
                 "Re-publish attempts of a batch after a broker error (the batch stays uncommitted).",
+                registry=registry,
+            ),
+            outputs_rejected=Counter(
+                f"{PREFIX}_outputs_rejected",
+                "Publishes the broker refused for good (record too large or invalid): the records are "
+                "handled again one webhook at a time, and the refused one is dead-lettered (OutputRejected).",
+                registry=registry,
+            ),
+            partitioner_cache_bytes=Gauge(
+                f"{PREFIX}_partitioner_cache_bytes",
+                "Bytes held by the partitioner's key-hash cache (bounded: consumer.sender.KeyPartitioner).",
                 registry=registry,
             ),
             commit_failures=Counter(

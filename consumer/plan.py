@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry.trace import Link, Span, SpanContext
 from opentelemetry.util.types import AttributeValue
 
@@ -43,9 +44,26 @@ UNROUTED_SOURCE_TOPIC = "unrouted-source-topic"
 UNROUTED_SOURCE_PARTITION = "unrouted-source-partition"
 UNROUTED_SOURCE_OFFSET = "unrouted-source-offset"
 
+# Headers added to a webhook dead-lettered as OUTPUT_TOO_LARGE: the first derived record that would
+# not fit, its size and its topic's limit.
+DLQ_OUTPUT_TOPIC = "dlq-output-topic"
+DLQ_OUTPUT_BYTES = "dlq-output-bytes"
+DLQ_OUTPUT_MAX_BYTES = "dlq-output-max-bytes"
+
 # A handler that raised (a bug, not bad input) is dead-lettered under this error type, so one
 # record cannot block its partition forever.
 HANDLER_ERROR = "HandlerError"
+# A derived record of the webhook would be larger than its topic's max.message.bytes: dead-lettered
+# before any of its records is produced, so one webhook cannot block its partition.
+OUTPUT_TOO_LARGE = "OutputTooLarge"
+# The broker refused a derived record of the webhook for good (too large, invalid): no retry can
+# store it (consumer.sender.REJECTION_ERRORS), so the webhook is dead-lettered instead.
+OUTPUT_REJECTED = "OutputRejected"
+# Room left for what is added after planning: the trace headers of a derived record (tracing on).
+PUBLISH_HEADER_ALLOWANCE = 512
+
+# (raw partition, offset) -> why the broker refused the record's outputs, for `plan_batch(rejected=...)`.
+Rejections = Mapping[tuple[int, int], str]
 
 
 class RawRecord(Protocol):
@@ -136,11 +154,16 @@ def plan_batch(
     dlq_topic: str,
     unrouted_topic: str,
     published: Container[bytes] | None = None,
+    output_limits: Mapping[str, int] | None = None,
+    rejected: Rejections | None = None,
     tracing: Tracing = otel.NO_TRACING,
     group_id: str | None = None,
 ) -> BatchPlan:
     """Route every record; collect what to publish and the offset after each partition's last record.
 
+    A record goes to the dead-letter topic instead of its derived events when one of them would be
+    larger than its topic's `output_limits` entry (max.message.bytes; `OutputTooLarge`), or when it
+    is in `rejected` (the broker refused its outputs before; `OutputRejected`).
     With `published` (exactly-once: the partition's dedup store), an event whose ce_id is in it, or
     earlier in this batch, is left out and counted in `duplicates`; the others are in `new_ids`.
     With `tracing` on, each record gets its `consume` and `derive` spans (`BatchTrace`); off, the
@@ -174,6 +197,25 @@ def plan_batch(
             if derive is not None:
                 otel.record_error(derive, exc)
         plan.handler_seconds.append(time.perf_counter() - started)
+        dlq_headers: list[tuple[str, bytes]] = []
+        if isinstance(result, Handled):
+            refused = rejected.get((record.partition, record.offset)) if rejected else None
+            oversized = _oversized(events, output_limits) if output_limits else None
+            if refused is not None:
+                result = Invalid(result.event_name, OUTPUT_REJECTED, refused)
+            elif oversized is not None:
+                topic, size, limit = oversized
+                result = Invalid(
+                    result.event_name,
+                    OUTPUT_TOO_LARGE,
+                    f"a derived record for {topic} would be {size} bytes; the topic takes at most "
+                    f"{limit} (max.message.bytes)",
+                )
+                dlq_headers = [
+                    (DLQ_OUTPUT_TOPIC, topic.encode()),
+                    (DLQ_OUTPUT_BYTES, str(size).encode()),
+                    (DLQ_OUTPUT_MAX_BYTES, str(limit).encode()),
+                ]
         if record_trace is not None and derive is not None:
             trace.derived(record_trace, derive, result)
 
@@ -208,7 +250,7 @@ def plan_batch(
             plan.outgoing.append(_unrouted(record, result, unrouted_topic))
             outcome = RecordOutcome(source, "unrouted", result.event_name, result.reason)
         else:
-            plan.outgoing.append(_dead_lettered(record, result, dlq_topic))
+            plan.outgoing.append(_dead_lettered(record, result, dlq_topic, dlq_headers))
             plan.dead_lettered[result.error_type] += 1
             outcome = RecordOutcome(source, "dead_lettered", result.event_name, result.error_type)
         if subscribed is not None and outcome.event_name not in (None, subscribed):
@@ -231,7 +273,27 @@ def _subscribed_event_name(headers: Sequence[tuple[str, bytes]]) -> str | None:
     return None
 
 
-def _dead_lettered(record: RawRecord, why: Invalid, topic: str) -> OutgoingRecord:
+def _oversized(records: Sequence[OutgoingRecord], limits: Mapping[str, int]) -> tuple[str, int, int] | None:
+    """(topic, size, limit) of the first record larger than its topic takes, or None when all fit.
+
+    The size is aiokafka's upper bound of a record batch holding the record alone (what the broker
+    compares with max.message.bytes), plus room for the headers added when it is published.
+    """
+    for record in records:
+        limit = limits.get(record.topic)
+        if limit is None:
+            continue
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+            record.key, record.value, list(record.headers)
+        )
+        if size + PUBLISH_HEADER_ALLOWANCE > limit:
+            return record.topic, size + PUBLISH_HEADER_ALLOWANCE, limit
+    return None
+
+
+def _dead_lettered(
+    record: RawRecord, why: Invalid, topic: str, extra: Sequence[tuple[str, bytes]] = ()
+) -> OutgoingRecord:
     """The raw record, value and key byte for byte, with headers that say why and where from."""
     added = [
         (DLQ_ERROR_TYPE, why.error_type.encode()),
@@ -242,6 +304,7 @@ def _dead_lettered(record: RawRecord, why: Invalid, topic: str) -> OutgoingRecor
     ]
     if why.event_name is not None:
         added.append((DLQ_EVENT_NAME, why.event_name.encode()))
+    added.extend(extra)
     return OutgoingRecord(topic, record.key, record.value, _with_headers(record.headers, added))
 
 

@@ -11,7 +11,13 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-from common.producer import ManagedProducer, ProducerUnavailable, is_dead, reliable_producer_kwargs
+from common.producer import (
+    REJECTION_ERRORS,
+    ManagedProducer,
+    ProducerUnavailable,
+    is_dead,
+    reliable_producer_kwargs,
+)
 from consumer.plan import OutgoingRecord
 from consumer.settings import ConsumerSettings
 
@@ -19,7 +25,15 @@ log = structlog.get_logger("consumer")
 
 Watch = Callable[["asyncio.Future[Any]"], "asyncio.Future[Any]"]
 
-__all__ = ["KafkaSender", "KeyPartitioner", "PublishError", "is_dead", "publish_all", "queue_records"]
+__all__ = [
+    "REJECTION_ERRORS",
+    "KafkaSender",
+    "KeyPartitioner",
+    "PublishError",
+    "is_dead",
+    "publish_all",
+    "queue_records",
+]
 
 
 class RecordSender(Protocol):
@@ -39,15 +53,40 @@ class ManagedSender(RecordSender, Protocol):
 
 
 class PublishError(Exception):
-    """Some records of a batch were not acknowledged by Kafka; the batch must not be committed."""
+    """Some records of a batch were not acknowledged by Kafka; the batch must not be committed.
+
+    `rejected` is True when every failure was the broker refusing records for good
+    (`REJECTION_ERRORS`): retrying the same records can never succeed.
+    """
+
+    def __init__(self, message: str, *, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.rejected = rejected
+
+
+def is_rejection(error: BaseException) -> bool:
+    """True when the broker refused a record for good (too large, invalid): no retry stores it."""
+    return isinstance(error, REJECTION_ERRORS) or (isinstance(error, PublishError) and error.rejected)
+
+
+# What one cached key costs besides its bytes: the dict slot, the bytes object's header, the int.
+KEY_ENTRY_OVERHEAD_BYTES = 120
+KEY_CACHE_MAX_BYTES = 16 * 1024 * 1024
 
 
 class KeyPartitioner:
-    """aiokafka's (and Java's) default partitioner, with the hash of each key cached (bounded)."""
+    """aiokafka's (and Java's) default partitioner, with the hash of each key cached.
 
-    def __init__(self, cache_size: int = 100_000) -> None:
-        self._cache_size = cache_size
+    The cache is bounded in bytes (`max_bytes`: key lengths plus a fixed overhead per entry), not in
+    entries: keys are learner ids of any length. At the bound it is emptied and refilled, which
+    costs one murmur2 per key again, nothing else.
+    """
+
+    def __init__(self, max_bytes: int = KEY_CACHE_MAX_BYTES) -> None:
+        self._max_bytes = max_bytes
         self._key_hashes: dict[bytes, int] = {}
+        self.cached_bytes = 0
+        self.clears = 0
 
     def __call__(self, key: bytes | None, every: list[int], available: list[int]) -> int:
         """murmur2 of the key over every partition; without a key, a random partition that has a
@@ -56,9 +95,15 @@ class KeyPartitioner:
             return random.choice(available or every)
         hashed = self._key_hashes.get(key)
         if hashed is None:
-            if len(self._key_hashes) > self._cache_size:  # bounded: learners are many, memory is not
+            hashed = murmur2(key) & 0x7FFFFFFF
+            cost = len(key) + KEY_ENTRY_OVERHEAD_BYTES
+            if self.cached_bytes + cost > self._max_bytes:  # bounded: learners are many, memory is not
                 self._key_hashes.clear()
-            hashed = self._key_hashes[key] = murmur2(key) & 0x7FFFFFFF
+                self.cached_bytes = 0
+                self.clears += 1
+            if cost <= self._max_bytes:
+                self._key_hashes[key] = hashed
+                self.cached_bytes += cost
         return every[hashed % len(every)]
 
 
@@ -176,7 +221,8 @@ async def await_acks(futures: Sequence[asyncio.Future[Any]]) -> None:
     errors = [result for result in results if isinstance(result, BaseException)]
     if errors:
         raise PublishError(
-            f"{len(errors)} of {len(futures)} record batches not acknowledged: {errors[0]!r}"
+            f"{len(errors)} of {len(futures)} record batches not acknowledged: {errors[0]!r}",
+            rejected=all(is_rejection(error) for error in errors),
         ) from errors[0]
 
 
@@ -189,5 +235,7 @@ async def publish_all(sender: RecordSender, records: Sequence[OutgoingRecord]) -
     try:
         futures = await sender.send_many(records)
     except Exception as exc:
-        raise PublishError(f"queueing {len(records)} records failed: {exc!r}") from exc
+        raise PublishError(
+            f"queueing {len(records)} records failed: {exc!r}", rejected=is_rejection(exc)
+        ) from exc
     await await_acks(futures)

@@ -15,7 +15,7 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from common.topics import MAX_MESSAGE_BYTES, describe_max_message_bytes
+from common.topics import DEAD_LETTER_HEADROOM_BYTES, MAX_MESSAGE_BYTES, describe_max_message_bytes
 from consumer.settings import ConsumerSettings
 
 log = structlog.get_logger("consumer")
@@ -62,14 +62,31 @@ def problems(
     return found
 
 
+def tight_copy_topics(settings: ConsumerSettings, max_message_bytes: Mapping[str, int]) -> list[str]:
+    """Dead-letter and unrouted topics with less room than the raw topic's limit plus the headers a
+    copy gains (DEAD_LETTER_HEADROOM_BYTES): a raw record at the very limit could not be copied."""
+    raw_limit = max_message_bytes.get(settings.raw_topic)
+    if raw_limit is None:
+        return []
+    wanted = raw_limit + DEAD_LETTER_HEADROOM_BYTES
+    return [
+        topic
+        for topic in settings.body_topics[1:]
+        if raw_limit <= max_message_bytes.get(topic, wanted) < wanted
+    ]
+
+
 async def check_topics(
     settings: ConsumerSettings,
     timeout_ms: int = 10_000,
     *,
     retry_for_seconds: float = STARTUP_RETRY_SECONDS,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> None:
-    """Raise TopicsNotReady when a topic is missing, the DLQ/unrouted topic is smaller than the raw one,
+) -> dict[str, int]:
+    """Each topic's `max.message.bytes` (the consumer dead-letters a webhook whose derived records
+    would not fit: `OutputTooLarge`), once the topics are found fit.
+
+    Raise TopicsNotReady when a topic is missing, the DLQ/unrouted topic is smaller than the raw one,
     or (exactly-once) the dedup changelog has fewer partitions than the raw topic.
 
     While the cluster cannot answer (a retriable Kafka error: a node down, no leader yet) the check
@@ -79,7 +96,7 @@ async def check_topics(
     delay = 0.5
     while True:
         try:
-            found = await _problems_on_the_cluster(settings, timeout_ms)
+            found, sizes = await _problems_on_the_cluster(settings, timeout_ms)
             break
         except (KafkaError, TimeoutError) as exc:
             retriable = isinstance(exc, TimeoutError | KafkaTimeoutError) or bool(
@@ -92,18 +109,30 @@ async def check_topics(
             delay = min(delay * 2, RETRY_BACKOFF_MAX_SECONDS)
     if found:
         raise TopicsNotReady("; ".join(found))
+    for topic in tight_copy_topics(settings, sizes):
+        log.warning(
+            "dead_letter_topic_tight",
+            hint=f"give it a {MAX_MESSAGE_BYTES} of the raw topic's plus {DEAD_LETTER_HEADROOM_BYTES} "
+            "at least: a raw record at the raw topic's limit could not be copied there with its headers",
+            topic=topic,
+            max_message_bytes=sizes[topic],
+            raw_max_message_bytes=sizes[settings.raw_topic],
+        )
+    return sizes
 
 
-async def _problems_on_the_cluster(settings: ConsumerSettings, timeout_ms: int) -> list[str]:
+async def _problems_on_the_cluster(
+    settings: ConsumerSettings, timeout_ms: int
+) -> tuple[list[str], dict[str, int]]:
     admin = AIOKafkaAdminClient(**settings.kafka.aiokafka_kwargs(), request_timeout_ms=timeout_ms)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         sizes: dict[str, int] = {}
-        if all(topic in existing for topic in settings.body_topics):
-            sizes = await describe_max_message_bytes(admin, settings.body_topics)
+        if all(topic in existing for topic in settings.all_topics):
+            sizes = await describe_max_message_bytes(admin, settings.all_topics)
         counted = [t for t in (settings.raw_topic, settings.dedup_topic) if t in existing]
         partitions = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(counted)}
     finally:
         await admin.close()
-    return problems(settings, existing, sizes, partitions)
+    return problems(settings, existing, sizes, partitions), sizes
