@@ -2,7 +2,8 @@
 
 JSON lines when stdout is not a terminal (what log shippers want), a readable console otherwise.
 A last processor masks fields that could carry personal data or credentials, so a careless
-`log.info(..., email=...)` never reaches the log.
+`log.info(..., email=...)` never reaches the log: keys are matched whatever their case and
+separators (`Email`, `given_name`, `givenName`), at any depth of the dicts and lists logged.
 
 Libraries repeat themselves in an outage: aiokafka logs one error per reconnect attempt (a chaos run
 with a broker down for 15 s wrote 4,124 such lines). `RepeatedErrorFilter` collapses their repeated
@@ -28,31 +29,49 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-# Keys whose values never reach a log line: learners' personal data and credentials.
+# Keys whose values never reach a log line, at any depth: learners' personal data and credentials.
+# Compared folded (lower case, without "_" and "-"): `Email`, `EMAIL`, `user_name` and `userName` all
+# count.
 REDACTED_KEYS = frozenset(
     {
         "email",
         "name",
-        "user_name",
-        "learner_name",
-        "learner_email",
+        "username",
+        "givenname",
+        "familyname",
+        "firstname",
+        "lastname",
+        "surname",
+        "fullname",
+        "displayname",
+        "learnername",
+        "learneremail",
         "password",
         "secret",
         "authorization",
-        "sasl_password",
-        "signing_secrets",
-        "basic_auth_password",
+        "saslpassword",
+        "signingsecrets",
+        "basicauthpassword",
         "body",
     }
 )
 REDACTED = "[redacted]"
+# Spellings of keys met so far that are not redacted. Log lines reuse a few dozen spellings, so a
+# line whose keys were all met before costs one set operation in C, not a fold per key. Bounded:
+# past the limit, new spellings are folded on every line (slower, never wrong).
+MAX_KNOWN_KEYS = 4096
+_plain_spellings: set[str] = set()
+# Values of these exact types hold no keys: a line of only these needs no walk.
+_FLAT_TYPES = frozenset({str, int, float, bool, type(None)})
+# Nesting deeper than this is redacted whole rather than walked (also ends a structure that holds itself).
+MAX_DEPTH = 32
 # Loggers bind once on first use (cheaper per line). Tests turn this off: a cached logger would
 # bypass structlog.testing.capture_logs in every later test.
 CACHE_LOGGERS = True
@@ -79,10 +98,58 @@ Schedule = Callable[[float, Callable[[], None]], bool]
 def redact_personal_data(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Replace values of keys that could hold personal data or secrets."""
-    for key in event_dict.keys() & REDACTED_KEYS:
-        event_dict[key] = REDACTED
+    """Replace values of keys that could hold personal data or secrets, at any depth, in any case.
+
+    Nested dicts and lists are copied where they change: the objects a caller logged stay as they were.
+    """
+    # The common line: every key a plain spelling met before, every value flat; two checks in C.
+    if not _plain_spellings.issuperset(event_dict):
+        for key in event_dict.keys() - _plain_spellings:
+            if _is_redacted(key):
+                event_dict[key] = REDACTED
+    if not _FLAT_TYPES.issuperset(map(type, event_dict.values())):
+        for key, value in event_dict.items():
+            if type(value) not in _FLAT_TYPES:
+                event_dict[key] = _redacted_copy(value, 1)
     return event_dict
+
+
+def _is_redacted(key: object) -> bool:
+    """Whether the key's value is redacted: its folded spelling is one of `REDACTED_KEYS`."""
+    if key in _plain_spellings or not isinstance(key, str):
+        return False
+    if key.lower().replace("_", "").replace("-", "") in REDACTED_KEYS:
+        return True
+    if len(_plain_spellings) < MAX_KNOWN_KEYS:
+        _plain_spellings.add(key)
+    return False
+
+
+def _redacted_copy(value: Any, depth: int) -> Any:
+    """`value` with redacted keys at any depth: the same object when nothing in it changes."""
+    if type(value) in _FLAT_TYPES:
+        return value
+    if depth > MAX_DEPTH:
+        return REDACTED
+    if type(value) is dict or isinstance(value, Mapping):
+        copy: dict[Any, Any] | None = None
+        for key, item in value.items():
+            new = REDACTED if _is_redacted(key) else _redacted_copy(item, depth + 1)
+            if new is not item:
+                if copy is None:
+                    copy = dict(value)
+                copy[key] = new
+        return value if copy is None else copy
+    if type(value) is list or isinstance(value, list | tuple):
+        items: list[Any] | None = None
+        for index, item in enumerate(value):
+            new = _redacted_copy(item, depth + 1)
+            if new is not item:
+                if items is None:
+                    items = list(value)
+                items[index] = new
+        return value if items is None else items
+    return value
 
 
 def add_summary_fields(

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 import structlog
 
-from common.logging import REDACTED, SUMMARY_FIELDS, RepeatedErrorFilter, configure_logging
+from common.logging import (
+    MAX_DEPTH,
+    REDACTED,
+    SUMMARY_FIELDS,
+    RepeatedErrorFilter,
+    configure_logging,
+    redact_personal_data,
+)
 
 
 def crash_with_secret_locals() -> None:
@@ -31,6 +38,55 @@ def test_personal_data_and_credentials_are_masked_in_json_lines(capsys: pytest.C
     assert line["email"] == line["password"] == REDACTED
     assert line["attempt_id"] == "att_1"
     assert line["service"] == "test"
+
+
+def test_personal_data_is_masked_in_nested_dicts_and_lists_at_any_depth_in_json_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("test", json=True)
+    structlog.get_logger().info(
+        "hello",
+        webhook={"user": {"id": "u1", "name": {"first": "Amara"}, "profile": {"givenName": "Amara"}}},
+        recipients=[{"email": "amara@example.org"}, ("x", {"familyName": "Okafor"})],
+    )
+
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    assert line["webhook"] == {"user": {"id": "u1", "name": REDACTED, "profile": {"givenName": REDACTED}}}
+    assert line["recipients"] == [{"email": REDACTED}, ["x", {"familyName": REDACTED}]]
+
+
+@pytest.mark.parametrize("key", ["Email", "EMAIL", "userName", "User-Name", "Authorization", "GIVEN_NAME"])
+def test_redaction_ignores_the_case_and_separators_of_a_key_at_the_top_and_nested(key: str) -> None:
+    redacted = redact_personal_data(
+        None, "info", {key: "Amara", "nested": {key: "Amara"}, "attempt": "att_1"}
+    )
+
+    assert redacted == {key: REDACTED, "nested": {key: REDACTED}, "attempt": "att_1"}
+
+
+def test_redaction_copies_what_it_changes_and_leaves_the_logged_objects_as_they_were() -> None:
+    payload = {"user": {"email": "amara@example.org"}, "ids": ["a", "b"]}
+    unchanged = {"attempt": {"id": "att_1"}}
+
+    redacted = redact_personal_data(None, "info", {"payload": payload, "other": unchanged})
+
+    assert payload == {"user": {"email": "amara@example.org"}, "ids": ["a", "b"]}
+    assert redacted["payload"] == {"user": {"email": REDACTED}, "ids": ["a", "b"]}
+    assert redacted["other"] is unchanged
+
+
+def test_a_structure_deeper_than_the_limit_is_redacted_whole_rather_than_walked() -> None:
+    deep: dict[str, Any] = {"id": "x"}
+    for _ in range(MAX_DEPTH + 5):
+        deep = {"child": deep}
+
+    redacted = redact_personal_data(None, "info", {"deep": deep})
+
+    node = redacted["deep"]
+    for _ in range(MAX_DEPTH - 1):
+        node = node["child"]
+    assert node["child"] == REDACTED
 
 
 @pytest.mark.parametrize("as_json", [True, False])
