@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaTimeoutError
+from aiokafka.errors import CommitFailedError, KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.partitioner import murmur2
 from structlog.testing import LogCapture
 
 from consumer import checkpoint as batch_module
 from consumer.checkpoint import BatchProcessor, backoff_delay, record_outcomes
 from consumer.metrics import ConsumerMetrics
 from consumer.plan import OutgoingRecord, plan_batch
-from consumer.sender import PublishError, publish_all
+from consumer.sender import KeyPartitioner, PublishError, publish_all
 from consumer.settings import ConsumerSettings
 from handlers import RulesSettings, build_routing_table
 from tests.support.webhooks import encode, platform_body, results_released
@@ -353,3 +354,58 @@ def test_the_log_lines_of_the_platforms_other_events_carry_no_name_or_email(
     for body in bodies:
         assert body["user"]["name"] not in text
         assert body["user"]["email"] not in text
+
+
+class RefusingSender(ScriptedSender):
+    """Acknowledges records, except that the broker refuses for good every derived record keyed `refused`."""
+
+    def __init__(self, refused: bytes) -> None:
+        super().__init__()
+        self.refused = refused
+
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> list[asyncio.Future[Any]]:
+        futures: list[asyncio.Future[Any]] = []
+        for record in records:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            if record.key == self.refused and not record.topic.endswith(".dlq"):
+                future.set_exception(MessageSizeTooLargeError())
+            else:
+                self.acknowledged.append(record)
+                future.set_result(None)
+            futures.append(future)
+        return futures
+
+
+async def test_a_webhook_whose_records_the_broker_refuses_is_dead_lettered_and_the_others_are_committed(
+    metrics: ConsumerMetrics,
+) -> None:
+    sender, sleeps = RefusingSender(refused=b"u2"), list[float]()
+    commit = RecordingCommit(sender)
+    records = [
+        FakeRecord(encode(results_released(passed=False, user_id=f"u{n}", attempt_id=f"a{n}")), offset=n)
+        for n in range(1, 4)
+    ]
+
+    assert await processor(sender, commit, metrics, sleeps).process(records)
+
+    dead = [record for record in sender.acknowledged if record.topic == "exam.webhooks.dlq"]
+    assert [dict(record.headers)["dlq-error-type"] for record in dead] == [b"OutputRejected"]
+    assert dead[0].value == records[1].value
+    assert {record.key for record in sender.acknowledged if record.topic != "exam.webhooks.dlq"} == {
+        b"u1",
+        b"u3",
+    }
+    assert commit.calls[-1][0] == {("exam.webhooks.raw", 0): 4}
+    assert sleeps == []  # a refusal is not retried with backoff: no retry could store the record
+    assert sample(metrics, "exam_events_consumer_outputs_rejected_total") >= 1
+
+
+def test_the_partitioners_key_cache_stays_within_its_bytes() -> None:
+    partitioner = KeyPartitioner(max_bytes=10_000)
+    every = list(range(12))
+
+    chosen = [partitioner(f"learner-{n:06d}".encode(), every, every) for n in range(1_000)]
+
+    assert partitioner.cached_bytes <= 10_000
+    assert partitioner.clears > 0
+    assert chosen == [(murmur2(f"learner-{n:06d}".encode()) & 0x7FFFFFFF) % 12 for n in range(1_000)]

@@ -33,14 +33,70 @@ def settings() -> ConsumerSettings:
     return ConsumerSettings(rules=RulesSettings())
 
 
-def plan(settings: ConsumerSettings, *records: FakeRecord) -> BatchPlan:
+def plan(settings: ConsumerSettings, *records: FakeRecord, **options: Any) -> BatchPlan:
     return plan_batch(
         records,
         build_routing_table(settings.rules),
         settings.derived_topics,
         dlq_topic=settings.dlq_topic,
         unrouted_topic=settings.unrouted_topic,
+        **options,
     )
+
+
+def webhook_with_exam_name(length: int, user_id: str = "u1") -> bytes:
+    body = results_released(passed=False, user_id=user_id, attempt_id=f"a-{user_id}")
+    body["exam"]["name"] = "x" * length
+    return encode(body)
+
+
+def test_a_webhook_whose_derived_record_would_not_fit_its_topic_goes_to_the_dlq_with_the_sizes(
+    settings: ConsumerSettings,
+) -> None:
+    limits = dict.fromkeys(settings.derived_topics.values(), 8 * 1024)
+    large, small = webhook_with_exam_name(10_000, "u1"), webhook_with_exam_name(10, "u2")
+
+    result = plan(settings, FakeRecord(large, offset=7), FakeRecord(small, offset=8), output_limits=limits)
+
+    dead, *derived = result.outgoing
+    headers = dict(dead.headers)
+    assert dead.topic == settings.dlq_topic
+    assert dead.value == large
+    assert headers["dlq-error-type"] == b"OutputTooLarge"
+    assert headers["dlq-output-topic"] == settings.failed_topic.encode()
+    assert int(headers["dlq-output-bytes"]) > 10_000
+    assert headers["dlq-output-max-bytes"] == b"8192"
+    assert headers["dlq-source-offset"] == b"7"
+    assert b"x" * 100 not in headers["dlq-error-message"]  # the reason, never the body
+    assert derived
+    assert all(record.key == b"u2" for record in derived)
+    assert result.dead_lettered == {"OutputTooLarge": 1}
+    assert result.next_offsets == {("exam.webhooks.raw", 0): 9}
+
+
+def test_a_derived_record_within_its_topics_limit_is_published(settings: ConsumerSettings) -> None:
+    limits = dict.fromkeys(settings.derived_topics.values(), 1024 * 1024)
+
+    result = plan(settings, FakeRecord(webhook_with_exam_name(10_000)), output_limits=limits)
+
+    assert not result.dead_lettered
+    assert {record.topic for record in result.outgoing} >= {settings.failed_topic}
+
+
+def test_a_webhook_whose_outputs_the_broker_refused_goes_to_the_dlq_with_the_reason(
+    settings: ConsumerSettings, sample_body: bytes
+) -> None:
+    refused = {(0, 3): "the broker refused a derived record: MessageSizeTooLargeError"}
+
+    result = plan(
+        settings, FakeRecord(sample_body, offset=3), FakeRecord(sample_body, offset=4), rejected=refused
+    )
+
+    dead = result.outgoing[0]
+    assert dead.topic == settings.dlq_topic
+    assert dict(dead.headers)["dlq-error-type"] == b"OutputRejected"
+    assert b"MessageSizeTooLargeError" in dict(dead.headers)["dlq-error-message"]
+    assert [record.topic for record in result.outgoing[1:]] == ["exam.results.passed", "exam.xapi.statements"]
 
 
 def test_a_passed_result_goes_to_the_passed_topic_keyed_by_learner_with_cloudevents_headers(
