@@ -21,6 +21,12 @@ again resumes after the last committed chunk; an interrupted chunk is aborted (i
 id is the replay id, so the next run fences and aborts it) and copied again, once. A different
 filter is a different replay with a position of its own.
 
+Only raw webhook bodies are copied, and only to the raw topic: --from must be the raw, dead-letter
+or unrouted topic (CONSUMER_RAW_TOPIC, CONSUMER_DLQ_TOPIC, CONSUMER_UNROUTED_TOPIC) and --to the
+raw topic, else the command refuses in one line and copies nothing. From a derived topic the
+consumer would take derived events for webhooks; to another topic the bodies (names, e-mail
+addresses) would skip the consumer and reach whoever reads that topic. --force copies anyway.
+
 --dry-run moves nothing: it prints a sample (partition, offset, event name, reason) and, on its
 last line, how many records would move. A progress bar goes to stderr on a terminal; a summary line
 ends every run. Any failure ends the command with one line and exit status 1.
@@ -83,6 +89,7 @@ class ReplayRequest:
     limit: int | None = None
     rate: float | None = None
     dry_run: bool = False
+    force: bool = False  # not part of the replay id: it permits a copy, it does not change it
 
     @property
     def replay_id(self) -> str:
@@ -180,10 +187,27 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def refuse_unsafe_topics(request: ReplayRequest, settings: ConsumerSettings) -> None:
+    """`CommandFailed` (one line) unless --from holds raw bodies and --to is the raw topic, or --force."""
+    if request.force:
+        return
+    reasons = []
+    if request.source not in settings.body_topics:
+        reasons.append(
+            f"--from {request.source} does not hold raw webhook bodies "
+            f"(those are {', '.join(settings.body_topics)})"
+        )
+    if request.target != settings.raw_topic:
+        reasons.append(f"--to {request.target} is not the raw topic {settings.raw_topic}")
+    if reasons:
+        raise CommandFailed(f"refused: {'; '.join(reasons)}; --force copies anyway")
+
+
 async def replay(request: ReplayRequest, settings: ConsumerSettings) -> ReplayReport:
     """Copy (or, dry, count) the matching records; see the module docstring for the guarantees."""
     if request.source == request.target:
         raise CommandFailed("--from and --to are the same topic")
+    refuse_unsafe_topics(request, settings)
     if request.since and request.until and request.since > request.until:
         raise CommandFailed("--since is after --until")
     report = ReplayReport(request.replay_id)
@@ -394,6 +418,12 @@ def add_parser(commands: Any) -> None:
         "--rate", type=_positive_float, metavar="PER_S", help="copy at most this many per second"
     )
     parser.add_argument("--dry-run", action="store_true", help="move nothing; print a sample and the count")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="copy also from a topic other than the raw, dead-letter or unrouted one, or to a topic "
+        "other than the raw one (refused without it: see above)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -423,6 +453,7 @@ async def run(args: argparse.Namespace, settings: ConsumerSettings) -> int:
         limit=args.limit,
         rate=args.rate,
         dry_run=args.dry_run,
+        force=args.force,
     )
     report = await replay(request, settings)
     if request.dry_run:

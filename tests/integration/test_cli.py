@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from cli.errors import CommandFailed
 from cli.lag import group_lag
 from cli.replay import ReplayRequest, parse_time, replay
 from cli.tail import tail
@@ -204,10 +205,27 @@ async def test_replay_honours_since_and_until(
     assert {r.headers["event-name"] for r in copies} == {b"exam.middle"}
 
 
+async def test_replay_refuses_a_derived_topic_and_copies_nothing_unless_forced(
+    kafka_bootstrap: str, topics: ConsumerTopics, settings: ConsumerSettings
+) -> None:
+    await produce(kafka_bootstrap, topics.passed, [b'{"learner": {}}'], key=b"usr_1")
+
+    with pytest.raises(CommandFailed, match=f"^refused: --from {topics.passed} does not hold raw"):
+        await replay(ReplayRequest(topics.passed, topics.raw), settings)
+    assert await read_records(kafka_bootstrap, topics.raw, idle=1) == []
+    forced = await replay(ReplayRequest(topics.passed, topics.raw, force=True), settings)
+
+    assert forced.copied == 1
+    [copy] = await read_records(kafka_bootstrap, topics.raw, count=1)
+    assert (copy.key, copy.value) == (b"usr_1", b'{"learner": {}}')
+
+
 def test_replay_fails_with_one_line_when_the_source_topic_does_not_exist(
     settings: ConsumerSettings, topics: ConsumerTopics
 ) -> None:
-    result = run_cli(cli_env(settings, topics), "replay", "--from", "no.such.topic")
+    # A dead-letter topic the settings name but nobody created: past the refusal, to the broker.
+    env = {**cli_env(settings, topics), "CONSUMER_DLQ_TOPIC": "no.such.topic"}
+    result = run_cli(env, "replay", "--from", "no.such.topic")
 
     assert result.returncode == 1
     assert result.stderr.strip() == "exam-events replay: --from topic no.such.topic does not exist"

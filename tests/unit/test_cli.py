@@ -93,6 +93,70 @@ def test_replay_refuses_a_zero_limit_or_rate() -> None:
             parser.parse_args(["replay", "--from", "dlq", *flags])
 
 
+@pytest.fixture
+def no_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Known body topics and a port nothing listens on: a refusal must come before any connection."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("CONSUMER_RAW_TOPIC", "t.raw")
+    monkeypatch.setenv("CONSUMER_DLQ_TOPIC", "t.dlq")
+    monkeypatch.setenv("CONSUMER_UNROUTED_TOPIC", "t.unrouted")
+    monkeypatch.setenv("CONSUMER_XAPI_TOPIC", "t.xapi")
+
+
+@pytest.mark.usefixtures("no_broker")
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (
+            ["--from", "t.passed"],
+            "--from t.passed does not hold raw webhook bodies (those are t.raw, t.dlq, t.unrouted)",
+        ),
+        (["--from", "t.dlq", "--to", "t.xapi"], "--to t.xapi is not the raw topic t.raw"),
+        (
+            ["--from", "t.raw", "--to", "t.unrouted", "--dry-run"],
+            "--to t.unrouted is not the raw topic t.raw",
+        ),
+        (
+            ["--from", "t.passed", "--to", "t.xapi"],
+            "--from t.passed does not hold raw webhook bodies (those are t.raw, t.dlq, t.unrouted); "
+            "--to t.xapi is not the raw topic t.raw",
+        ),
+    ],
+)
+def test_replay_refuses_in_one_line_when_from_holds_no_raw_bodies_or_to_is_not_the_raw_topic(
+    flags: list[str], reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["replay", *flags])
+
+    assert status == 1
+    assert capsys.readouterr().err == f"exam-events replay: refused: {reason}; --force copies anyway\n"
+
+
+@pytest.mark.usefixtures("no_broker")
+@pytest.mark.parametrize("flags", [["--from", "t.passed"], ["--from", "t.dlq", "--to", "t.xapi"]])
+def test_replay_with_force_goes_past_the_refusal_to_the_broker(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["replay", *flags, "--force"])
+
+    assert status == 1
+    assert (
+        capsys.readouterr().err
+        == "exam-events replay: cannot reach Kafka at 127.0.0.1:1: KafkaConnectionError\n"
+    )
+
+
+@pytest.mark.usefixtures("no_broker")
+@pytest.mark.parametrize("source", ["t.dlq", "t.unrouted"])
+def test_replay_from_the_dead_letter_or_unrouted_topic_to_the_raw_topic_needs_no_force(
+    source: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["replay", "--from", source])
+
+    assert status == 1
+    assert "cannot reach Kafka" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("factor", ["0", "-1"])
 def test_topics_create_refuses_a_replication_factor_below_1_in_one_line_before_asking_a_broker(
     factor: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
