@@ -46,7 +46,7 @@ from consumer.group import GroupMember
 from consumer.http import health_routes
 from consumer.lag import LagMonitor
 from consumer.metrics import ConsumerMetrics
-from consumer.sender import KafkaSender, ManagedSender
+from consumer.sender import KafkaSender, KeyPartitioner, ManagedSender
 from consumer.settings import ConsumerSettings
 from consumer.topics import TopicsNotReady, check_topics
 from consumer.transactions import PartitionTransactions
@@ -140,6 +140,8 @@ def create_app(
     checkpoint: AtLeastOnceCheckpoint | ExactlyOnceCheckpoint
     # Output topic -> max.message.bytes, read by the start-up check before the first batch.
     output_limits: dict[str, int] = {}
+    partitioner = KeyPartitioner()
+    metrics.partitioner_cache_bytes.set_function(lambda: partitioner.cached_bytes)
     if settings.exactly_once:
         transactions = PartitionTransactions(settings, member, metrics)
         eos = checkpoint = ExactlyOnceCheckpoint(
@@ -150,6 +152,7 @@ def create_app(
             metrics=metrics,
             tracing=tracing,
             output_limits=output_limits,
+            partitioner=partitioner,
         )
 
         async def after_assign(assigned: set[TopicPartition]) -> None:
@@ -167,7 +170,7 @@ def create_app(
         stop_producers: Callable[[], Awaitable[None]] = transactions.stop
         replacements: Callable[[], float] = lambda: 0.0  # noqa: E731  # producers are acquired, not replaced
     else:
-        at_least_once_sender = sender or KafkaSender(settings)
+        at_least_once_sender = sender or KafkaSender(settings, partitioner=partitioner)
         guard = OffsetGuard(member.committed)
         in_flight = InFlightBatch(settings.graceful_timeout_seconds, metrics, on_assigned=guard.forget)
 

@@ -395,6 +395,7 @@ class ExactlyOnceCheckpoint:
         clock: Callable[[], float] = time.time,
         tracing: Tracing = otel.NO_TRACING,
         output_limits: Mapping[str, int] | None = None,
+        partitioner: KeyPartitioner | None = None,
     ) -> None:
         self._settings = settings
         self._table = table
@@ -406,7 +407,7 @@ class ExactlyOnceCheckpoint:
         self._metrics = metrics
         self._clock = clock
         self._tracing = tracing
-        self._partitioner = KeyPartitioner()
+        self._partitioner = partitioner or KeyPartitioner()
         self._in_flight_since: float | None = None
         self._interrupted = asyncio.Event()
         self.last_progress = time.monotonic()
@@ -503,7 +504,7 @@ class ExactlyOnceCheckpoint:
         if changelog_end is not None:
             state.store.changelog_position = max(state.store.changelog_position, changelog_end)
         state.store.expire(now_ms)
-        self._metrics.dedup_entries.set(self._partitions.entries())
+        self._partitions.bound_stores()
         self._metrics.transactions.inc()
         self._metrics.batches.inc()
         self._metrics.batch_seconds.observe(time.perf_counter() - started)

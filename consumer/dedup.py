@@ -10,7 +10,9 @@ partition's store is rebuilt from its changelog partition when the partition is 
 store holds is therefore exactly what was committed, whoever committed it.
 
 Memory: one dict entry per id, the 16 bytes of the UUID as the key and a shared int (the minute it
-was published) as the value: about 100 bytes per entry (`bench/dedup.py` measures it).
+was published) as the value: about 100 bytes per entry (`bench/dedup.py` measures it). The stores
+of one member together are bounded by CONSUMER_DEDUP_MAX_BYTES (`consumer.transactions`): at the
+bound the oldest ids of every store are forgotten first, before the window ends.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +30,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from common.kafka import KafkaConnectionSettings
 
 log = structlog.get_logger("consumer.dedup")
+
+# What one id costs in a store, rounded up from what `bench/dedup.py` measures (docs/consumer.md).
+ENTRY_BYTES = 96
 
 
 def id_bytes(ce_id: str) -> bytes:
@@ -78,14 +84,46 @@ class DedupStore:
         slack = max(1, self._window_minutes // 100)
         if self._oldest is None or self._oldest >= cutoff - slack:
             return 0
+        return self.forget_before(cutoff)
+
+    def forget_before(self, minute: int) -> int:
+        """Forget ids published before `minute` (minutes since the epoch); returns how many."""
+        if self._oldest is None or self._oldest >= minute:
+            return 0
         before = len(self._seen)
-        self._seen = {key: minute for key, minute in self._seen.items() if minute >= cutoff}
-        self._minutes = {m: m for m in self._minutes if m >= cutoff}
+        self._seen = {key: published for key, published in self._seen.items() if published >= minute}
+        self._minutes = {m: m for m in self._minutes if m >= minute}
         self._oldest = min(self._minutes, default=None)
         return before - len(self._seen)
 
+    def minute_counts(self) -> Counter[int]:
+        """How many ids each minute holds (one pass over the store: only at its memory bound)."""
+        return Counter(self._seen.values())
+
     def _minute(self, minute: int) -> int:
         return self._minutes.setdefault(minute, minute)
+
+
+def forget_oldest(stores: Iterable[DedupStore], max_entries: int, keep: float = 0.9) -> int:
+    """When the stores hold more than `max_entries` ids together, forget the oldest minutes of all of
+    them until at most `keep` of the bound is left; returns how many ids were forgotten."""
+    stores = list(stores)
+    total = sum(len(store) for store in stores)
+    if total <= max_entries:
+        return 0
+    counts: Counter[int] = Counter()
+    for store in stores:
+        counts.update(store.minute_counts())
+    excess = total - int(max_entries * keep)
+    cutoff = None
+    for minute in sorted(counts):
+        excess -= counts[minute]
+        cutoff = minute + 1
+        if excess <= 0:
+            break
+    if cutoff is None:
+        return 0
+    return sum(store.forget_before(cutoff) for store in stores)
 
 
 async def restore(

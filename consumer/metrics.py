@@ -43,6 +43,8 @@ class ConsumerMetrics:
     stale_records_skipped: Counter
     duplicates_suppressed: Counter
     dedup_entries: Gauge
+    dedup_bytes: Gauge
+    dedup_forgotten_early: Counter
     dedup_restore_seconds: Histogram
     partition_lag: Gauge
     group_lag: Gauge
@@ -201,6 +203,18 @@ class ConsumerMetrics:
                 "Exactly-once: derived events not published again because their ce_id was published "
                 "within the dedup window (a webhook posted twice), per type.",
                 ["type"],
+                registry=registry,
+            ),
+            dedup_bytes=Gauge(
+                f"{PREFIX}_dedup_bytes",
+                "Exactly-once: memory of this member's dedup stores (entries x bytes per entry); at most "
+                "CONSUMER_DEDUP_MAX_BYTES.",
+                registry=registry,
+            ),
+            dedup_forgotten_early=Counter(
+                f"{PREFIX}_dedup_forgotten_early",
+                "Exactly-once: ids forgotten before their window ended because the stores reached "
+                "CONSUMER_DEDUP_MAX_BYTES; a re-post of such a webhook is published again.",
                 registry=registry,
             ),
             dedup_entries=Gauge(

@@ -160,7 +160,13 @@ class KafkaSender:
     unreachable meanwhile.
     """
 
-    def __init__(self, settings: ConsumerSettings, *, factory: Callable[..., Any] = AIOKafkaProducer) -> None:
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        *,
+        factory: Callable[..., Any] = AIOKafkaProducer,
+        partitioner: KeyPartitioner | None = None,
+    ) -> None:
         self._producer = ManagedProducer(
             reliable_producer_kwargs(
                 settings.kafka,
@@ -171,7 +177,7 @@ class KafkaSender:
             close_timeout_seconds=settings.producer_request_timeout_ms / 1000,
             factory=factory,
         )
-        self._partitioner = KeyPartitioner()
+        self._partitioner = partitioner or KeyPartitioner()
 
     @property
     def replacements(self) -> int:

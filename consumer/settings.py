@@ -81,6 +81,13 @@ class ConsumerSettings(BaseSettings):
         description="Exactly-once: how long a published ce_id is remembered, so that a webhook the "
         "platform posts again within this window publishes nothing twice.",
     )
+    dedup_max_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Exactly-once: the most memory the dedup stores of one member take together (about "
+        "96 bytes per id: 512 MiB holds about 5.6 million). At the bound the oldest ids are forgotten "
+        "first, before the window ends, and counted (exam_events_consumer_dedup_forgotten_early_total).",
+    )
     http_host: str = Field("0.0.0.0", description="Address the HTTP port listens on.")  # noqa: S104  # a container's port
     http_port: int = Field(
         8081, ge=1, le=65535, description="Port of /healthz, /readyz, /metrics, /asyncapi."

@@ -30,7 +30,7 @@ import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from common.producer import ManagedProducer, reliable_producer_kwargs
-from consumer.dedup import DedupStore, restore
+from consumer.dedup import ENTRY_BYTES, DedupStore, forget_oldest, restore
 from consumer.group import GroupMember
 from consumer.metrics import ConsumerMetrics
 from consumer.settings import ConsumerSettings
@@ -82,6 +82,25 @@ class PartitionTransactions:
     def entries(self) -> int:
         """Ids held by every dedup store of this member."""
         return sum(len(state.store) for state in self._states.values())
+
+    def bound_stores(self) -> None:
+        """Keep the dedup stores within CONSUMER_DEDUP_MAX_BYTES together: at the bound the oldest ids
+        are forgotten first (a re-post of one of them would be published again); updates the metrics."""
+        max_entries = self._settings.dedup_max_bytes // ENTRY_BYTES
+        forgotten = forget_oldest((state.store for state in self._states.values()), max_entries)
+        entries = self.entries()
+        if forgotten:
+            self._metrics.dedup_forgotten_early.inc(forgotten)
+            log.warning(
+                "dedup_stores_at_their_bound",
+                hint="the oldest ids were forgotten before the window ended: re-posts of those webhooks "
+                "would be published again; raise CONSUMER_DEDUP_MAX_BYTES or shorten the window",
+                forgotten=forgotten,
+                entries=entries,
+                max_bytes=self._settings.dedup_max_bytes,
+            )
+        self._metrics.dedup_entries.set(entries)
+        self._metrics.dedup_bytes.set(entries * ENTRY_BYTES)
 
     def failures(self, tp: TopicPartition) -> int:
         """Failed transactions or acquisitions of the partition in a row."""
@@ -193,6 +212,7 @@ class PartitionTransactions:
         self._metrics.dedup_restore_seconds.observe(restore_seconds)
         state.acquired = True
         state.rewound_to = None
+        self.bound_stores()
         log.info(
             "partition_acquired",
             partition=f"{tp.topic}/{tp.partition}",

@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaTimeoutError, ProducerFenced
 
 from common.producer import ManagedProducer
 from consumer.checkpoint import ExactlyOnceCheckpoint
-from consumer.dedup import DedupStore, id_bytes
+from consumer.dedup import DedupStore, forget_oldest, id_bytes
 from consumer.group import GroupMember
 from consumer.metrics import ConsumerMetrics
 from consumer.settings import ConsumerSettings
@@ -123,6 +123,7 @@ class Partitions:
             RAW, self.managed, DedupStore(3600), acquired=True, next_offset=next_offset
         )
         self.losses: list[str] = []
+        self.bounded = 0
 
     async def ready(self, tp: TopicPartition) -> PartitionState | None:
         if self.managed.current is None:
@@ -138,6 +139,9 @@ class Partitions:
 
     def entries(self) -> int:
         return len(self.state.store)
+
+    def bound_stores(self) -> None:
+        self.bounded += 1
 
 
 class Member:
@@ -333,3 +337,24 @@ def test_a_transaction_deadline_not_shorter_than_the_rebalance_wait_is_refused(d
             transaction_timeout_ms=deadline_ms,
             graceful_timeout_seconds=30,
         )
+
+
+def test_dedup_stores_over_their_bound_forget_their_oldest_ids_first() -> None:
+    old, new = DedupStore(window_seconds=7 * 24 * 3600), DedupStore(window_seconds=7 * 24 * 3600)
+    old.add((f"old-{n}".encode() for n in range(600)), published_ms=60_000 * 1_000)
+    new.add((f"new-{n}".encode() for n in range(600)), published_ms=60_000 * 2_000)
+
+    forgotten = forget_oldest([old, new], max_entries=1_000)
+
+    assert forgotten == 600
+    assert len(old) == 0
+    assert len(new) == 600
+    assert b"new-0" in new
+
+
+def test_dedup_stores_within_their_bound_keep_every_id() -> None:
+    store = DedupStore(window_seconds=3600)
+    store.add((str(n).encode() for n in range(100)), published_ms=0)
+
+    assert forget_oldest([store], max_entries=100) == 0
+    assert len(store) == 100

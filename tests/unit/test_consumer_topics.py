@@ -70,7 +70,9 @@ class FlakyCluster:
     def __init__(self, failures: int, found: list[str] | None = None, error: Exception | None = None) -> None:
         self.failures, self.found, self.error, self.calls = failures, found or [], error, 0
 
-    async def __call__(self, _settings: ConsumerSettings, _timeout_ms: int) -> tuple[list[str], dict[str, int]]:
+    async def __call__(
+        self, _settings: ConsumerSettings, _timeout_ms: int
+    ) -> tuple[list[str], dict[str, int]]:
         self.calls += 1
         if self.error is not None:
             raise self.error
