@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
+from common.json_numbers import NON_FINITE_REASON, holds_non_finite, may_hold_non_finite
 from schemas.cloudevents import DerivedEvent
 
 
@@ -69,7 +70,7 @@ class Invalid:
     """Not JSON, or a known event that fails validation: it goes to the dead-letter topic."""
 
     event_name: str | None
-    error_type: str  # "InvalidJson" or "ValidationError"
+    error_type: str  # "InvalidJson" (a non-finite number too) or "ValidationError"
     message: str
 
 
@@ -101,6 +102,10 @@ def route_by_parsing(
         return Invalid(None, "InvalidJson", f"body is not JSON: {exc}"[:500])
     meta = body.get("meta") if isinstance(body, dict) else None
     event_name = meta.get("eventName") if isinstance(meta, dict) else None
+    if may_hold_non_finite(raw) and holds_non_finite(body):
+        # The ingress refuses these (400); one that came another way is dead-lettered, routable or not.
+        named = event_name if isinstance(event_name, str) and event_name else subscribed_name
+        return Invalid(named, "InvalidJson", NON_FINITE_INVALID)
     if isinstance(event_name, str) and event_name:
         named_by = "meta.eventName"
     elif subscribed_name:
@@ -121,6 +126,8 @@ def route_by_parsing(
     return Handled(event_name, route.handler(webhook, source))
 
 
+NON_FINITE_INVALID = f"body is not JSON: {NON_FINITE_REASON} (NaN, Infinity or past a double's range)"
+
 # The first `"eventName": "<name without escapes>"` of a body: a guess at meta.eventName without
 # parsing the body. The guess is confirmed by the model that validates the body.
 _EVENT_NAME = re.compile(rb'"eventName"\s*:\s*"([^"\\]{1,256})"')
@@ -132,7 +139,7 @@ def _route_by_peek(raw: bytes, source: SourceRecord, table: RoutingTable) -> Han
     meta.eventName is the peeked one. Anything else (None) takes `route_webhook`'s full path, which
     (`route_by_parsing`) then gives the same result as if this had not been tried."""
     match = _EVENT_NAME.search(raw)
-    if match is None:
+    if match is None or may_hold_non_finite(raw):  # the model would take NaN and 1e999 as floats
         return None
     try:
         event_name = match.group(1).decode()

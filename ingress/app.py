@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import time
 import traceback
@@ -26,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic_core import from_json
 
 from common import tracing as otel
+from common.json_numbers import NON_FINITE_REASON, holds_non_finite, may_overflow
 from common.readiness import readiness
 from common.tracing import NO_TRACING, Span, SpanKind, Tracing
 from ingress.auth import (
@@ -96,12 +98,24 @@ def is_json_media_type(content_type: bytes | None) -> bool:
     )
 
 
+# One rule for numbers (common/json_numbers.py): NaN, Infinity and -Infinity are not JSON, and a
+# literal past a double's range (1e999) would be read as infinity.
+OVERFLOW_REASON = f"{NON_FINITE_REASON}: a number too large for a double"
+
+
 def _refuse_constant(name: str) -> Any:
-    raise InvalidBody(f"{name} is not JSON")
+    raise InvalidBody(f"{NON_FINITE_REASON}: {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise InvalidBody(OVERFLOW_REASON)
+    return value
 
 
 # Built once: `json.loads(..., parse_constant=...)` would build a new decoder for every body.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
@@ -111,11 +125,16 @@ def parse_object(body: bytes) -> dict[str, Any]:
     cost. It refuses a little more than the standard library does (lone surrogates such as
     `"\\ud800"`, nesting deeper than 200), never less, and gives the same values; so whatever it
     refuses goes through `parse_object_stdlib`, which decides, with the reasons answered so far.
+    Both refuse a non-finite number: pydantic_core a `NaN` or `Infinity` literal, and here a
+    literal past a double's range, which it reads as infinity (looked for only when the raw bytes
+    have the shape of one: the walk costs as much as the parse).
     """
     try:
         document = from_json(body, allow_inf_nan=False)
     except ValueError:
         return parse_object_stdlib(body)
+    if may_overflow(body) and holds_non_finite(document):
+        raise InvalidBody(OVERFLOW_REASON)
     if not isinstance(document, dict):
         raise InvalidBody("body is JSON but not an object")
     return document

@@ -194,7 +194,7 @@ def test_json_and_plus_json_media_types_with_parameters_count_as_json(content_ty
         (b"[1, 2]", "not an object"),
         (b'"text"', "not an object"),
         (b"null", "not an object"),
-        (b'{"score": NaN}', "NaN is not JSON"),
+        (b'{"score": NaN}', "non-finite number in JSON: NaN"),
         (b'{"name": "\xff"}', "not UTF-8"),
         (b"[" * 100_000, "nested too deeply"),
     ],
@@ -210,6 +210,39 @@ async def test_a_body_that_is_not_a_json_object_gets_400_with_a_short_reason(
     assert reason in response.json()["error"]
     assert len(response.json()["error"]) < 80
     assert producer.records == []
+
+
+@pytest.mark.parametrize(
+    ("literal", "reason"),
+    [
+        (b"1e999", "non-finite number in JSON: a number too large for a double"),
+        (b"-1e999", "non-finite number in JSON: a number too large for a double"),
+        (b"1" + b"0" * 400 + b".5", "non-finite number in JSON: a number too large for a double"),
+        (b"NaN", "non-finite number in JSON: NaN"),
+        (b"Infinity", "non-finite number in JSON: Infinity"),
+        (b"-Infinity", "non-finite number in JSON: -Infinity"),
+    ],
+)
+async def test_a_body_with_a_non_finite_number_gets_400_with_the_reason_and_nothing_is_produced(
+    client: httpx.AsyncClient, producer: RecordingProducer, literal: bytes, reason: str
+) -> None:
+    response = await post(client, b'{"attempt":{"score":[1.5,{"x":' + literal + b"}]}}")
+
+    assert response.status_code == 400
+    assert response.json() == {"error": reason}
+    assert producer.records == []
+
+
+@pytest.mark.parametrize("literal", [b"1e308", b"-1.7976931348623157e308", b"1e-999", b"1" + b"0" * 300])
+async def test_a_body_with_large_finite_numbers_is_accepted_unchanged(
+    client: httpx.AsyncClient, producer: RecordingProducer, literal: bytes
+) -> None:
+    body = b'{"attempt":{"score":' + literal + b"}}"
+
+    response = await post(client, body)
+
+    assert response.status_code == 202
+    assert producer.records[0].value == body
 
 
 async def test_a_body_over_the_limit_gets_413_and_produces_nothing(
@@ -854,6 +887,15 @@ EDGE_BODIES = [
     b'{"a":NaN}',
     b'{"a":-Infinity}',
     b'{"a":1e400}',
+    b'{"a":-1e999}',
+    b'{"a":[1E+400]}',
+    b"[1e999]",
+    b'{"a":1e308,"b":1.7976931348623157e308,"c":1.7976931348623159e308}',
+    b'{"a":1' + b"0" * 310 + b".0}",
+    b'{"a":1' + b"0" * 310 + b"}",
+    b'{"a":"1e999"}',
+    b'{"a":1e999,"b":NaN}',
+    b'{"a":1e999',
     b'{"a":"\\ud800"}',
     b'{"\\ud800":1}',
     b'{"a":"\\udc00\\ud800"}',

@@ -214,3 +214,41 @@ def test_a_meta_that_says_event_name_in_snake_case_names_no_event_on_either_path
         assert fast == full
     fast, _ = both_paths(encode(body))
     assert isinstance(fast, Unrouted)
+
+
+NON_FINITE = [b"1e999", b"-1e999", b"NaN", b"Infinity", b"-Infinity"]
+
+
+def with_number(literal: bytes, *, field: str = "score", event_name: str = "exam.resultsReleased") -> bytes:
+    """A results-released body whose `attempt.<field>` is the given JSON number literal."""
+    body = results_released(event_name=event_name)
+    body["attempt"][field] = "__number__"
+    return encode(body).replace(b'"__number__"', literal)
+
+
+@pytest.mark.parametrize("literal", NON_FINITE)
+@pytest.mark.parametrize("field", ["score", "notInTheModel"])
+def test_a_body_with_a_non_finite_number_is_invalid_json_on_both_paths(literal: bytes, field: str) -> None:
+    fast, full = both_paths(with_number(literal, field=field))
+
+    assert fast == full
+    assert isinstance(fast, Invalid)
+    assert fast.error_type == "InvalidJson"
+    assert fast.event_name == "exam.resultsReleased"
+    assert "non-finite number" in fast.message
+
+
+@pytest.mark.parametrize("literal", NON_FINITE)
+def test_a_non_finite_number_in_a_body_no_handler_answers_to_is_invalid_not_unrouted(literal: bytes) -> None:
+    result = route_webhook(with_number(literal, event_name="user.updated"), SOURCE, TABLE)
+
+    assert isinstance(result, Invalid)
+    assert result.error_type == "InvalidJson"
+
+
+@pytest.mark.parametrize("literal", [b"1e308", b"-1.7976931348623157e308", b"1e-999"])
+def test_a_body_with_large_finite_numbers_is_handled(literal: bytes) -> None:
+    fast, full = both_paths(with_number(literal))
+
+    assert isinstance(fast, Handled)
+    assert fast == full
