@@ -25,6 +25,7 @@ from common.logging import configure_logging
 from common.settings import EXIT_INVALID_SETTINGS, InvalidSettings, load_settings
 from common.tracing import NO_TRACING, Tracing, configure_tracing
 from ingress.app import AdminApp, IngressApp, create_app
+from ingress.limits import InFlightLimit, ServerConnections
 from ingress.producer import KafkaRecordProducer
 from ingress.requestlog import request_log
 from ingress.settings import IngressSettings
@@ -33,7 +34,7 @@ from ingress.transport import http_protocol
 log = structlog.get_logger("ingress")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# The admin port serves probes and scrapes, never bodies: a few connections are plenty.
+# The admin port serves probes and scrapes, never bodies: a few requests at once are plenty.
 ADMIN_LIMIT_CONCURRENCY = 32
 
 
@@ -66,44 +67,66 @@ def graceful_shutdown_seconds(settings: IngressSettings) -> int:
     return math.ceil(settings.body_read_timeout_seconds + settings.produce_timeout_seconds) + 2
 
 
-def server_config(app: IngressApp, settings: IngressSettings) -> uvicorn.Config:
-    """uvicorn's settings for the public app: protocol, limits, timeouts; no logging or signals of its own."""
+def _uvicorn_config(
+    app: object, settings: IngressSettings, *, host: str, port: int, impl: str, limit: int, graceful: int
+) -> uvicorn.Config:
+    """uvicorn's settings for one port: our protocol (head bound and deadline, connection bound,
+    lingering close), the in-flight limit around the app; no logging or signals of uvicorn's own."""
+    connections = ServerConnections(settings.max_connections)
     return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
+        InFlightLimit(app, limit, settings.retry_after_seconds, connections),
+        host=host,
+        port=port,
         loop="none",  # the running loop (uvloop, see main) is the one the producer lives on
-        # uvicorn's httptools protocol behind our transports (ingress/transport.py): heads bounded,
-        # each answer in one write, lingering close.
-        http=http_protocol(settings.http_impl, settings.max_header_bytes, settings.max_body_bytes),
-        limit_concurrency=settings.limit_concurrency,
+        # uvicorn's httptools protocol behind our transports (ingress/transport.py).
+        http=http_protocol(
+            "one-write" if impl == "one-write" else "httptools",
+            settings.max_header_bytes,
+            settings.max_body_bytes,
+            header_timeout=settings.header_timeout_seconds,
+            keep_alive_timeout=settings.keep_alive_timeout_seconds,
+            connections=connections,
+            retry_after_seconds=settings.retry_after_seconds,
+        ),
+        # Requests in flight are bounded by InFlightLimit, connections by ServerConnections: uvicorn's
+        # own limit counts open connections, idle ones included (503 with 256 idle connections).
+        limit_concurrency=None,
+        timeout_keep_alive=max(1, math.ceil(settings.keep_alive_timeout_seconds)),
+        backlog=min(settings.max_connections, 65535),
         ws="none",  # the app serves no WebSocket; nothing to upgrade to
         lifespan="off",
         access_log=False,  # our own line per request carries what matters and nothing personal
         log_config=None,
         server_header=False,
         proxy_headers=False,  # nothing here uses the client address; skips a middleware per request
-        timeout_graceful_shutdown=graceful_shutdown_seconds(settings),
+        timeout_graceful_shutdown=graceful,
+    )
+
+
+def server_config(app: IngressApp, settings: IngressSettings) -> uvicorn.Config:
+    """uvicorn's settings for the public app: each answer in one write (INGRESS_HTTP_IMPL)."""
+    return _uvicorn_config(
+        app,
+        settings,
+        host=settings.host,
+        port=settings.port,
+        impl=settings.http_impl,
+        limit=settings.limit_concurrency,
+        graceful=graceful_shutdown_seconds(settings),
     )
 
 
 def admin_server_config(app: AdminApp, settings: IngressSettings) -> uvicorn.Config:
-    """uvicorn's settings for the admin app: uvicorn's httptools protocol and writes, heads bounded."""
-    return uvicorn.Config(
+    """uvicorn's settings for the admin app: uvicorn's own writes, the same bounds and deadlines."""
+    return _uvicorn_config(
         app,
+        settings,
         host=settings.admin_host or settings.host,
         port=settings.admin_port,
-        loop="none",
-        http=http_protocol("httptools", settings.max_header_bytes, settings.max_body_bytes),
-        limit_concurrency=ADMIN_LIMIT_CONCURRENCY,
-        ws="none",
-        lifespan="off",
-        access_log=False,  # probes every few seconds would drown the request lines
-        log_config=None,
-        server_header=False,
-        proxy_headers=False,
+        impl="httptools",
+        limit=ADMIN_LIMIT_CONCURRENCY,
         # /readyz waits at most the produce timeout for its metadata refresh.
-        timeout_graceful_shutdown=math.ceil(settings.produce_timeout_seconds) + 2,
+        graceful=math.ceil(settings.produce_timeout_seconds) + 2,
     )
 
 

@@ -75,8 +75,28 @@ class IngressSettings(BaseSettings):
     limit_concurrency: int = Field(
         256,
         ge=1,
-        description="Most connections (and requests in progress) at once; beyond it uvicorn answers 503 "
-        "(text/plain). Each may hold up to INGRESS_MAX_BODY_BYTES of body in memory.",
+        description="Most requests in progress at once on the public port (from the end of a request's "
+        "head to its answer; idle connections do not count). Beyond it a request gets 503 with "
+        "Retry-After at once. Each may hold up to INGRESS_MAX_BODY_BYTES of body in memory.",
+    )
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="Most open connections per port. At the bound, the connection idle the longest is "
+        "closed to make room; with none idle, the new connection gets 503 and is closed.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long a request head (request line and headers) may take to arrive, from the "
+        "connection's opening or the previous answer, however its bytes trickle in; slower gets 408 "
+        "and the connection closed.",
+    )
+    keep_alive_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long a connection may stay open without sending a byte of a request (after "
+        "opening or after an answer); then it is closed without an answer.",
     )
     http_impl: Literal["one-write", "httptools"] = Field(
         "one-write",

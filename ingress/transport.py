@@ -21,6 +21,14 @@ What the layer does, for every connection:
   without getting an answer than a whole request may hold (`max_unanswered_bytes`: head and body
   limits, with room for chunk framing) is stopped too. Either way the client gets 431
   (text/plain) and the connection is closed.
+- **A deadline on the request head** (`header_timeout`): a head must be complete within
+  `header_timeout` seconds of the connection opening or of the previous answer, however its bytes
+  trickle in; else 408 (text/plain) and the connection is closed. A connection that received no
+  byte of a request is closed without an answer, after `keep_alive_timeout` (or `header_timeout`,
+  if shorter). The deadline does not move with the bytes that arrive (uvicorn's keep-alive timer
+  stops at the first byte), and it stops while the app handles a request (pipelined ones too).
+- **A bound on open connections** (`ingress.limits.ServerConnections`): at the bound, the
+  connection idle the longest is closed to make room; with none idle, the new one gets 503.
 - **The lingering close** (`ingress.lingering`): an answer that closes the connection (413, 408,
   431, 400, 500, 503) reaches a client that is still sending.
 """
@@ -34,6 +42,7 @@ from typing import Any, ClassVar, Literal, cast
 import structlog
 import uvicorn
 
+from ingress.limits import ServerConnections, peer_of, too_many_connections_answer
 from ingress.lingering import LingeringCloseTransport
 
 HttpImpl = Literal["one-write", "httptools"]
@@ -44,6 +53,12 @@ HEAD_TOO_LARGE_ANSWER = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     b"content-type: text/plain; charset=utf-8\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(HEAD_TOO_LARGE), HEAD_TOO_LARGE)
+)
+HEAD_TIMEOUT = b"Request Timeout"
+HEAD_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(HEAD_TIMEOUT), HEAD_TIMEOUT)
 )
 # An interim answer (100 Continue) does not end a request: its body follows.
 INTERIM = b"HTTP/1.1 1"
@@ -138,13 +153,18 @@ class AnswerTransport(asyncio.Transport):
 class HttpConnection(asyncio.Protocol):
     """One connection: uvicorn's HTTP protocol (held, not subclassed) behind our transports.
 
-    `http_protocol(...)` makes the subclass uvicorn instantiates, with the class attributes set.
+    `http_protocol(...)` makes the subclass uvicorn instantiates, with the class attributes set
+    (one `connections` table per server).
     """
 
     http_class: ClassVar[Callable[..., asyncio.Protocol]]
     coalesce: ClassVar[bool] = True
     max_head_bytes: ClassVar[int] = 16 * 1024
     max_unanswered_bytes: ClassVar[int] = 16 * 1024 + 2 * 1024 * 1024
+    header_timeout: ClassVar[float] = 10.0
+    keep_alive_timeout: ClassVar[float] = 5.0
+    retry_after_seconds: ClassVar[int] = 10
+    connections: ClassVar[ServerConnections | None] = None
 
     def __init__(self, **uvicorn_arguments: Any) -> None:
         # Whatever uvicorn passes a protocol class (config, server state, ...), passed on unchanged.
@@ -154,6 +174,8 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._tail = b""  # the end of the head so far: its terminator may straddle two reads
         self._unanswered = 0  # bytes received since the latest answer
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting_since = 0.0  # when the connection opened or was last answered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = AnswerTransport(
@@ -163,8 +185,16 @@ class HttpConnection(asyncio.Protocol):
             answered=self._answered,
         )
         self._http.connection_made(self._transport)
+        table = self.connections
+        if table is not None and not table.admit(self, peer_of(transport.get_extra_info("peername"))):
+            log.warning("too_many_connections", status=503, max_connections=table.max_connections)
+            self._close(too_many_connections_answer(self.retry_after_seconds))
+            return
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if not self._unanswered and self.connections is not None:
+            self.connections.busy(self)
         self._unanswered += len(data)
         if self._in_head:
             probe = self._tail + data if self._tail else data
@@ -176,6 +206,7 @@ class HttpConnection(asyncio.Protocol):
                 self._head_bytes += end - len(self._tail)
                 self._in_head = False
                 self._tail = b""
+                self._disarm()  # the head is complete: the body and the app have deadlines of their own
             if self._head_bytes > self.max_head_bytes:
                 self._refuse_head()
                 return
@@ -188,6 +219,9 @@ class HttpConnection(asyncio.Protocol):
         return self._http.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.connections is not None:
+            self.connections.discard(self)
         self._http.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -196,20 +230,67 @@ class HttpConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._http.resume_writing()
 
+    def request_started(self) -> None:
+        """The app handles a request of this connection: no head deadline until its answer."""
+        self._disarm()
+
+    def close_idle(self) -> None:
+        """Close without an answer (the connection received no byte of a request)."""
+        self._close(None)
+
     def _answered(self) -> None:
         # Answers are written once the body was read (or the connection closes after them): what
         # arrives next starts a new request.
+        if self._in_head and not self._unanswered and self._timer is not None:
+            return  # the second write of the same answer
         self._in_head = True
         self._head_bytes = self._unanswered = 0
         self._tail = b""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            if self.connections is not None:
+                self.connections.became_idle(self)
+            self._arm()
+
+    def _arm(self) -> None:
+        """Start the deadline of the next head, from now."""
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        self._waiting_since = loop.time()
+        self._timer = loop.call_later(min(self.keep_alive_timeout, self.header_timeout), self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self._unanswered:
+            self._close(None)  # idle: nothing to answer
+            return
+        loop = asyncio.get_running_loop()
+        left = self._waiting_since + self.header_timeout - loop.time()
+        if left > 0:  # bytes came after the keep-alive timeout's start: the head's own deadline
+            self._timer = loop.call_later(left, self._timed_out)
+            return
+        log.warning("request_head_timeout", status=408, header_timeout_seconds=self.header_timeout)
+        self._close(HEAD_TIMEOUT_ANSWER)
 
     def _refuse_head(self) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
         log.warning("request_head_too_large", status=431, max_head_bytes=self.max_head_bytes)
-        transport.write(HEAD_TOO_LARGE_ANSWER)
-        transport.close()
+        self._close(HEAD_TOO_LARGE_ANSWER)
+
+    def _close(self, answer: bytes | None) -> None:
+        """Write `answer` (if any), whole, and close the lingering way; the connection stops counting."""
+        if self.connections is not None:
+            self.connections.discard(self)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            if answer is not None:
+                transport.write(answer)
+            transport.close()
+        self._disarm()  # after the write: an answer re-arms the deadline
 
 
 def _head_end(data: bytes) -> int:
@@ -237,14 +318,30 @@ async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     """Only there for `uvicorn_http_class`'s Config: it never serves."""
 
 
-def http_protocol(impl: HttpImpl, max_head_bytes: int, max_body_bytes: int) -> type[asyncio.Protocol]:
+def http_protocol(
+    impl: HttpImpl,
+    max_head_bytes: int,
+    max_body_bytes: int,
+    *,
+    header_timeout: float = 10.0,
+    keep_alive_timeout: float = 5.0,
+    connections: ServerConnections | None = None,
+    retry_after_seconds: int = 10,
+) -> type[asyncio.Protocol]:
     """The protocol class for `uvicorn.Config(http=...)`: uvicorn's httptools protocol behind our
-    transports; `one-write` joins each answer's writes, `httptools` keeps uvicorn's writes."""
+    transports; `one-write` joins each answer's writes, `httptools` keeps uvicorn's writes.
+
+    `connections` is the server's table of open connections (bounded); one per server.
+    """
     attributes = {
         "http_class": uvicorn_http_class("httptools"),
         "coalesce": impl == "one-write",
         "max_head_bytes": max_head_bytes,
         # A whole request: its head and body, and the body's chunk framing (hex sizes and CRLFs).
         "max_unanswered_bytes": max_head_bytes + 2 * max_body_bytes,
+        "header_timeout": header_timeout,
+        "keep_alive_timeout": keep_alive_timeout,
+        "connections": connections,
+        "retry_after_seconds": retry_after_seconds,
     }
     return type(HttpConnection.__name__, (HttpConnection,), attributes)

@@ -150,15 +150,90 @@ async def test_a_stalled_body_gets_408_and_the_connection_closes() -> None:
     assert producer.records == []
 
 
-async def test_connections_beyond_limit_concurrency_get_503() -> None:
+async def test_idle_connections_beyond_limit_concurrency_do_not_keep_a_request_out() -> None:
     async with running_server(RecordingProducer(), limit_concurrency=2) as port:
-        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(10)]
         await asyncio.sleep(0.2)  # let the server accept them
         raw = await exchange(port, post_request(b"{}"), read_timeout=2)
         for _, writer in held:
             writer.close()
 
+    assert statuses(raw) == [202]
+
+
+async def test_requests_beyond_limit_concurrency_get_503_with_retry_after_at_once() -> None:
+    producer = HeldProducer()
+    async with running_server(producer, limit_concurrency=2, retry_after_seconds=7) as port:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for _, writer in held:
+            writer.write(post_request(b"{}"))
+        await asyncio.wait_for(producer.producing.wait(), 10)
+        await asyncio.sleep(0.2)  # both requests in flight
+        raw = await exchange(port, post_request(b"{}"), read_timeout=2)
+        producer.release.set()
+        answers = [await read_until_quiet(reader, 2) for reader, _ in held]
+        for _, writer in held:
+            writer.close()
+
     assert statuses(raw) == [503]
+    assert b"retry-after: 7\r\n" in raw.lower()
+    assert [statuses(answer) for answer in answers] == [[202], [202]]
+
+
+async def test_a_connection_that_sends_nothing_is_closed_after_the_keep_alive_timeout() -> None:
+    async with running_server(RecordingProducer(), keep_alive_timeout_seconds=0.3) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        raw = await read_until_quiet(reader, 5)
+        writer.close()
+
+    assert raw == b"<EOF>"
+
+
+async def test_a_head_trickling_in_gets_408_at_the_header_timeout_and_the_connection_closes() -> None:
+    async with running_server(
+        RecordingProducer(), header_timeout_seconds=0.5, keep_alive_timeout_seconds=0.2
+    ) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /webhooks HTTP/1.1\r\n")
+        raw = b""
+        for n in range(50):  # one header line every 0.1 s, never the blank line; bounded at 5 s
+            writer.write(b"x-trickle-%d: 1\r\n" % n)
+            raw = await read_until_quiet(reader, 0.1)
+            if raw:
+                break
+        raw += await read_until_quiet(reader, 2)
+        writer.close()
+
+    assert statuses(raw) == [408]
+    assert raw.endswith(b"<EOF>")
+
+
+async def test_after_an_answer_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout() -> None:
+    async with running_server(RecordingProducer(), keep_alive_timeout_seconds=0.3) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post_request(b"{}"))
+        raw = await read_until_quiet(reader, 5)
+        writer.close()
+
+    assert statuses(raw) == [202]
+    assert raw.endswith(b"<EOF>")
+
+
+async def test_at_the_connection_bound_the_connection_idle_the_longest_makes_room_for_a_request() -> None:
+    async with running_server(RecordingProducer(), max_connections=3) as port:
+        oldest = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.1)
+        others = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        raw = await exchange(port, post_request(b"{}"), read_timeout=2)
+        closed = await read_until_quiet(oldest[0], 2)
+        still_open = [await read_until_quiet(reader, 0.2) for reader, _ in others]
+        for _, writer in [oldest, *others]:
+            writer.close()
+
+    assert statuses(raw) == [202]
+    assert closed == b"<EOF>"
+    assert still_open[-1] == b""  # the youngest idle connection is still open
 
 
 def chunked_post(body: bytes, chunk_size: int = 64 * 1024) -> bytes:

@@ -1,11 +1,13 @@
-"""Our transports: one write per loop turn (`AnswerTransport`), the head bound of `HttpConnection`,
-and the lingering close."""
+"""Our transports: one write per loop turn (`AnswerTransport`), the head bound and the head deadline
+of `HttpConnection`, the bounds on connections and requests in flight (`ingress.limits`), and the
+lingering close."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any, cast
 
+from ingress.limits import InFlightLimit, ServerConnections
 from ingress.lingering import LingeringCloseTransport
 from ingress.transport import AnswerTransport, HttpConnection, http_protocol, uvicorn_http_class
 
@@ -124,7 +126,15 @@ class RecordingHttp(asyncio.Protocol):
         self.lost = True
 
 
-def connection(*, max_head_bytes: int = 100, max_body_bytes: int = 1000) -> tuple[Any, FakeSocketTransport]:
+def connection(
+    *,
+    max_head_bytes: int = 100,
+    max_body_bytes: int = 1000,
+    header_timeout: float = 60,
+    keep_alive_timeout: float = 60,
+    connections: ServerConnections | None = None,
+    peer: tuple[str, int] = ("127.0.0.1", 4242),
+) -> tuple[Any, FakeSocketTransport]:
     """An `HttpConnection` over a fake socket, holding a `RecordingHttp`."""
     cls = type(
         "Connection",
@@ -133,10 +143,13 @@ def connection(*, max_head_bytes: int = 100, max_body_bytes: int = 1000) -> tupl
             "http_class": RecordingHttp,
             "max_head_bytes": max_head_bytes,
             "max_unanswered_bytes": max_head_bytes + 2 * max_body_bytes,
+            "header_timeout": header_timeout,
+            "keep_alive_timeout": keep_alive_timeout,
+            "connections": connections,
         },
     )
     protocol = cls(config="the config", server_state="the state")
-    real = FakeSocketTransport(protocol)
+    real = FakeSocketTransport(protocol, peer=peer)
     protocol.connection_made(real)
     return protocol, real
 
@@ -226,8 +239,15 @@ def test_the_inner_protocol_is_the_one_uvicorn_runs_for_httptools() -> None:
 class FakeSocketTransport(FakeTransport):
     """A socket transport that records half-closes, protocol swaps and reading state."""
 
-    def __init__(self, protocol: asyncio.BaseProtocol, *, can_half_close: bool = True) -> None:
+    def __init__(
+        self,
+        protocol: asyncio.BaseProtocol,
+        *,
+        can_half_close: bool = True,
+        peer: tuple[str, int] = ("127.0.0.1", 4242),
+    ) -> None:
         super().__init__()
+        self.peer = peer
         self.protocol = protocol
         self.eof_written = False
         self.reading = False  # as uvicorn leaves it while a body waits for the app
@@ -235,6 +255,9 @@ class FakeSocketTransport(FakeTransport):
 
     def write_eof(self) -> None:
         self.eof_written = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": self.peer}.get(name, default)
 
     def can_write_eof(self) -> bool:
         return self.can_half_close
@@ -351,3 +374,166 @@ async def test_without_half_close_close_is_a_plain_close() -> None:
     assert real.closed
     assert not real.eof_written
     assert http.lost
+
+
+async def wait_for(condition: Any, seconds: float = 5) -> None:
+    """Poll `condition()` every 10 ms until true (bounded)."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_a_connection_that_sends_nothing_is_closed_without_an_answer_after_the_keep_alive_timeout() -> (
+    None
+):
+    _protocol, real = connection(keep_alive_timeout=0.05, header_timeout=5)
+
+    await wait_for(lambda: real.eof_written)
+
+    assert real.eof_written
+    assert real.writes == []
+
+
+async def test_a_head_trickling_in_gets_408_at_the_header_timeout_whatever_bytes_keep_coming() -> None:
+    protocol, real = connection(max_head_bytes=100_000, keep_alive_timeout=0.05, header_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    protocol.data_received(b"POST / HTTP/1.1\r\n")
+    while not real.eof_written and loop.time() - started < 5:
+        protocol.data_received(b"x: 1\r\n")  # one header line every 20 ms: never the blank line
+        await asyncio.sleep(0.02)
+
+    assert real.writes[0].startswith(b"HTTP/1.1 408 ")
+    assert b"connection: close" in real.writes[0]
+    assert real.eof_written
+
+
+async def test_a_complete_head_stops_the_deadline_until_the_answer_and_the_answer_restarts_it() -> None:
+    protocol, real = connection(keep_alive_timeout=0.1, header_timeout=0.1)
+
+    protocol.data_received(b"POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\n")
+    await asyncio.sleep(0.3)  # the app takes its time: the connection stays
+    assert real.writes == []
+    assert not real.eof_written
+    protocol._http.transport.write(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+    await wait_for(lambda: real.eof_written)
+
+    assert real.writes == [b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n"]  # closed, no 408
+    assert real.eof_written
+
+
+async def test_while_the_app_handles_a_pipelined_request_no_deadline_closes_the_connection() -> None:
+    protocol, real = connection(keep_alive_timeout=0.05, header_timeout=0.05)
+    protocol.data_received(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+    protocol._http.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+    protocol.request_started()  # the second request, already received, reaches the app
+    await asyncio.sleep(0.2)
+
+    assert not real.eof_written
+
+
+async def test_at_the_connection_bound_the_connection_idle_the_longest_is_closed_to_make_room() -> None:
+    table = ServerConnections(max_connections=3)
+    _first, first_socket = connection(connections=table, peer=("10.0.0.1", 1))
+    busy, busy_socket = connection(connections=table, peer=("10.0.0.2", 2))
+    third, third_socket = connection(connections=table, peer=("10.0.0.3", 3))
+    busy.data_received(b"POST / HTTP/1.1\r\n")  # a request under way: not idle
+
+    newcomer, newcomer_socket = connection(connections=table, peer=("10.0.0.4", 4))
+
+    assert first_socket.eof_written
+    assert first_socket.writes == []
+    assert not busy_socket.eof_written
+    assert not third_socket.eof_written
+    assert not newcomer_socket.eof_written
+    assert len(table) == 3
+    assert table.of(["10.0.0.4", 4]) is newcomer
+    assert table.of(("10.0.0.1", 1)) is None
+    assert third is table.of(("10.0.0.3", 3))
+
+
+async def test_at_the_connection_bound_with_none_idle_the_new_connection_gets_503_with_retry_after() -> None:
+    table = ServerConnections(max_connections=1)
+    busy, busy_socket = connection(connections=table, peer=("10.0.0.1", 1))
+    busy.data_received(b"POST / HTTP/1.1\r\n")
+
+    _refused, refused_socket = connection(connections=table, peer=("10.0.0.2", 2))
+    await asyncio.sleep(0)
+
+    assert refused_socket.writes[0].startswith(b"HTTP/1.1 503 ")
+    assert b"retry-after: 10\r\n" in refused_socket.writes[0]
+    assert refused_socket.eof_written
+    assert not busy_socket.eof_written
+    assert len(table) == 1
+
+
+async def test_an_answered_connection_is_idle_again_and_a_closed_one_no_longer_counts() -> None:
+    table = ServerConnections(max_connections=10)
+    protocol, real = connection(connections=table)
+    protocol.data_received(b"GET / HTTP/1.1\r\n\r\n")
+    assert table.idle == 0
+
+    protocol._http.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    assert table.idle == 1
+    real.close()
+
+    assert len(table) == 0
+    assert table.idle == 0
+
+
+class SlowApp:
+    """An ASGI app that answers 200 once `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def call(app: Any, client: tuple[str, int] = ("127.0.0.1", 1)) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    await app({"type": "http", "client": client}, receive, send)
+    return sent
+
+
+async def test_requests_beyond_the_in_flight_limit_get_503_with_retry_after_at_once() -> None:
+    slow = SlowApp()
+    limited = InFlightLimit(slow, limit=2, retry_after_seconds=7)
+    held = [asyncio.create_task(call(limited)) for _ in range(2)]
+    await asyncio.sleep(0)
+
+    refused = await asyncio.wait_for(call(limited), 1)
+    slow.release.set()
+    served = await asyncio.gather(*held)
+
+    assert refused[0]["status"] == 503
+    assert (b"retry-after", b"7") in refused[0]["headers"]
+    assert [answer[0]["status"] for answer in served] == [200, 200]
+    assert limited.in_flight == 0
+
+
+async def test_the_in_flight_limit_stops_the_head_deadline_of_the_requests_connection() -> None:
+    table = ServerConnections(max_connections=10)
+    _protocol, real = connection(connections=table, keep_alive_timeout=0.05, header_timeout=0.05)
+    slow = SlowApp()
+    limited = InFlightLimit(slow, limit=2, retry_after_seconds=7, connections=table)
+
+    request = asyncio.create_task(call(limited, client=real.peer))
+    await asyncio.sleep(0.2)
+
+    assert not real.eof_written
+    slow.release.set()
+    await request
