@@ -1,6 +1,6 @@
 """`python -m ingress` as operators run it: posts reach Kafka on the public port, probes and metrics
-answer on the admin port, a refusal reaches a client still sending, SIGTERM exits 0, the log stays
-clean."""
+answer on the admin port, a refusal reaches a client still sending, slow clients keep no one out and
+are closed, SIGTERM exits 0, the log stays clean."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.support.ingress_harness import JSON, PASSWORD, SIGNING_SECRET, USERNA
 from tests.support.ingress_process import ingress_environment, ingress_process
 from tests.support.ingress_server import post_request, send_all_then_read, statuses
 from tests.support.kafka_io import read_records
+from tests.support.slow_clients import need_open_files, slow_clients
 
 CREDENTIALS = {
     "INGRESS_BASIC_AUTH_USERNAME": USERNAME,
@@ -141,3 +143,40 @@ async def test_a_client_sending_2_mib_before_reading_gets_the_processs_413_every
 
     assert [statuses(raw) for raw in answers] == [[413]] * 10
     assert all(raw.endswith(b"<EOF>") for raw in answers)
+
+
+async def test_slow_clients_neither_keep_the_sender_out_nor_stay_open_on_either_port(
+    kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]], sample_body: bytes, tmp_path: Path
+) -> None:
+    # The attack of issue 17: 300 connections that send nothing and 20 that send a header line a
+    # second used to get the real sender a 503 at once, and stayed open for good.
+    need_open_files(4096)
+    topic = await new_topic("raw-e2e-slow-clients")
+    deadlines = {"INGRESS_HEADER_TIMEOUT_SECONDS": "2", "INGRESS_KEEP_ALIVE_TIMEOUT_SECONDS": "1"}
+    with ingress_process(
+        kafka_bootstrap, topic, tmp_path / "ingress.log", **CREDENTIALS, **deadlines
+    ) as ingress:
+        async with (
+            slow_clients(ingress.port, idle=300, trickling=20, every=0.5) as public,
+            slow_clients(ingress.admin_port, idle=100, trickling=5, every=0.5) as admin,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+            started = time.perf_counter()
+            posted = await client.post(
+                f"{ingress.url}/webhooks", content=sample_body, headers={**JSON, **basic_auth()}
+            )
+            post_seconds = time.perf_counter() - started
+            health = await client.get(f"{ingress.admin_url}/healthz")
+            # Idle ones: at 1 s (keep-alive); trickling ones: at 2 s (head deadline); a margin on top.
+            closed_public, closed_admin = await asyncio.gather(
+                public.closed_by_server(within=4), admin.closed_by_server(within=4)
+            )
+
+    assert posted.status_code == 202
+    assert post_seconds < 1
+    assert health.status_code == 200
+    assert closed_public == (300, 20)
+    assert closed_admin == (100, 5)
+    assert [statuses(raw) for raw in public.received.values()] == [[408]] * 20
+    (record,) = await read_records(kafka_bootstrap, topic, count=1)
+    assert record.value == sample_body
