@@ -25,7 +25,7 @@ from common.logging import configure_logging
 from common.settings import EXIT_INVALID_SETTINGS, InvalidSettings, load_settings
 from common.tracing import NO_TRACING, Tracing, configure_tracing
 from ingress.app import AdminApp, IngressApp, create_app
-from ingress.limits import InFlightLimit, ServerConnections
+from ingress.limits import InFlightLimit, ServerConnections, raise_open_files_limit
 from ingress.producer import KafkaRecordProducer
 from ingress.requestlog import request_log
 from ingress.settings import IngressSettings
@@ -252,6 +252,10 @@ def main() -> None:
         print(f"ingress: invalid settings: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_INVALID_SETTINGS) from None
     configure_ingress_logging("ingress", settings.log_level)
+    # Both ports' connection bounds, plus the broker connections, logs and the like.
+    wanted = 2 * settings.max_connections + 256
+    if (open_files := raise_open_files_limit(wanted)) < wanted:
+        log.warning("open_files_limit_low", limit=open_files, wanted=wanted, hint="raise `ulimit -n`")
     try:
         uvloop.run(serve(settings, tracing))
     except ServerFailed as exc:

@@ -17,6 +17,7 @@ while the app handles a request, pipelined ones included.
 
 from __future__ import annotations
 
+import resource
 import time
 from typing import Any, Protocol
 
@@ -163,3 +164,16 @@ class InFlightLimit:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise this process's soft limit on open files to `wanted` (at most the hard limit); the new soft
+    limit. Each connection is a file: a limit below the connection bound makes accept() fail instead."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return wanted
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft

@@ -5,9 +5,12 @@ lingering close."""
 from __future__ import annotations
 
 import asyncio
+import resource
 from typing import Any, cast
 
-from ingress.limits import InFlightLimit, ServerConnections
+import pytest
+
+from ingress.limits import InFlightLimit, ServerConnections, raise_open_files_limit
 from ingress.lingering import LingeringCloseTransport
 from ingress.transport import AnswerTransport, HttpConnection, http_protocol, uvicorn_http_class
 
@@ -537,3 +540,16 @@ async def test_the_in_flight_limit_stops_the_head_deadline_of_the_requests_conne
     assert not real.eof_written
     slow.release.set()
     await request
+
+
+def test_the_open_files_limit_is_raised_towards_the_connection_bound_within_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= soft:
+        pytest.skip("the soft limit is already the hard limit")
+    try:
+        raised = raise_open_files_limit(soft + 1)
+
+        assert raised == soft + 1
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == soft + 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
