@@ -6,8 +6,24 @@
 
 Records are read with isolation.level=read_committed, as downstream services read them (no
 records of aborted or open transactions). Each shows its partition, offset, time and key, the
-`ce_*` headers as CloudEvents attributes, and the value (pretty JSON when it is JSON). Learners'
-names and e-mail addresses are masked unless --show-personal-data is given.
+`ce_*` headers as CloudEvents attributes, and the value (pretty JSON when it is JSON).
+
+Personal data is masked (`***`) unless --show-personal-data is given:
+- the record key, which is the learner id, and the learner id in the value (`id` of a `user` or
+  `learner` object, `userId`, `learnerId`);
+- in a JSON value, at any depth and whatever the case or separators of the key: `name` (unless it
+  is the name of an exam, qualification, course, test, group or user group), `email`, `givenName`,
+  `familyName`, `surname`, `firstName`, `lastName` and the like; the whole value of such a key,
+  also an object or a list;
+- e-mail addresses in any other text: values, header values, CloudEvents attributes;
+- a value that is not a JSON object or array (not JSON, not UTF-8, a bare JSON string or number)
+  is masked whole, printed as `*** (N bytes, not a JSON object or array)`: nothing in it can be
+  told apart from a name.
+
+Control characters never reach the terminal: C0 (tab and newline included), DEL, C1, escape
+sequences such as ESC[2J (whole, with their parameters), and the Unicode line separators and
+bidirectional overrides are removed from everything printed (key, header names and values,
+attributes, the value and its keys), with or without --show-personal-data.
 """
 
 from __future__ import annotations
@@ -26,27 +42,83 @@ from consumer.settings import ConsumerSettings
 
 CE_PREFIX = "ce_"
 MASK = "***"
-# Keys whose values are a person's name or e-mail address (the derived events' `learner.name`
-# and `learner.email`, the webhooks' user fields).
+# Keys (folded: lower case, without "_" and "-") whose values are a person's name or e-mail
+# address: the derived events' `learner.name` and `learner.email`, the webhooks' user fields, and
+# the spellings other senders use.
 PERSONAL_KEYS = frozenset(
-    {"name", "email", "firstname", "lastname", "fullname", "username", "displayname", "mail"}
+    {
+        "name",
+        "email",
+        "mail",
+        "emailaddress",
+        "givenname",
+        "familyname",
+        "surname",
+        "firstname",
+        "middlename",
+        "lastname",
+        "fullname",
+        "username",
+        "displayname",
+    }
 )
-# Keys named `name` that hold no one's name.
+# Keys named `name` that hold no one's name, by the key of the object that holds them.
 IMPERSONAL_PARENTS = frozenset({"exam", "qualification", "meta", "test", "course", "group", "usergroup"})
+# The learner id, which is also the record key: `id` in these objects, and these keys anywhere.
+LEARNER_PARENTS = frozenset({"user", "learner", "users", "learners"})
+LEARNER_ID_KEYS = frozenset({"userid", "learnerid"})
 EMAIL = re.compile(r"[^@\s\"']+@[^@\s\"']+\.[A-Za-z]{2,}")
+# What a terminal would act on: escape sequences whole (CSI such as ESC[2J, in its 7- and 8-bit
+# forms; OSC, DCS and the other strings up to their terminator; two-character escapes), then any
+# other C0, DEL or C1 character, the Unicode line separators and the bidirectional overrides.
+TERMINAL_CONTROLS = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]"
+    r"|[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 
 
-def mask_personal_data(value: Any, parent: str | None = None) -> Any:
-    """A copy of a JSON value with names and e-mail addresses replaced by `***`."""
+def printable(text: str) -> str:
+    """`text` without anything a terminal would take for a command (see TERMINAL_CONTROLS)."""
+    return TERMINAL_CONTROLS.sub("", text)
+
+
+def printable_value(value: Any) -> Any:
+    """A copy of a JSON value with every string, keys included, made `printable`."""
+    if isinstance(value, str):
+        return printable(value)
     if isinstance(value, dict):
-        masked = {}
-        for key, item in value.items():
-            folded = key.lower().replace("_", "")
-            personal = folded in PERSONAL_KEYS and not (
-                folded == "name" and (parent or "").lower() in IMPERSONAL_PARENTS
-            )
-            masked[key] = MASK if personal and isinstance(item, str) else mask_personal_data(item, key)
-        return masked
+        return {printable(str(key)): printable_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [printable_value(item) for item in value]
+    return value
+
+
+def _fold(key: str) -> str:
+    return key.lower().replace("_", "").replace("-", "")
+
+
+def _is_personal(key: str, parent: str) -> bool:
+    """Whether the value of `key` (folded), in an object held under `parent` (folded), is personal."""
+    if key == "name":
+        return parent not in IMPERSONAL_PARENTS
+    return key in PERSONAL_KEYS or key in LEARNER_ID_KEYS or (key == "id" and parent in LEARNER_PARENTS)
+
+
+def mask_personal_data(value: Any, parent: str = "") -> Any:
+    """A copy of a JSON value with names, e-mail addresses and learner ids replaced by `***`.
+
+    A personal key's whole value is masked, also an object or a list; `null` stays `null`.
+    """
+    if isinstance(value, dict):
+        folded_parent = _fold(parent)
+        return {
+            key: MASK
+            if item is not None and _is_personal(_fold(str(key)), folded_parent)
+            else mask_personal_data(item, str(key))
+            for key, item in value.items()
+        }
     if isinstance(value, list):
         return [mask_personal_data(item, parent) for item in value]
     if isinstance(value, str):
@@ -54,35 +126,55 @@ def mask_personal_data(value: Any, parent: str | None = None) -> Any:
     return value
 
 
+def describe_value(raw: bytes | None, *, show_personal_data: bool) -> Any:
+    """The value as JSON when it is a JSON object or array, masked; anything else masked whole.
+
+    Made printable before it is masked: a control character inside a key or an address must not
+    hide it from the mask and then vanish from the output.
+    """
+    if raw is None:
+        return None
+    try:
+        value: Any = printable_value(json.loads(raw))
+    except (UnicodeDecodeError, ValueError):
+        if show_personal_data:
+            return printable(raw.decode("utf-8", "replace"))
+        value = None
+    if isinstance(value, dict | list):
+        return value if show_personal_data else mask_personal_data(value)
+    if show_personal_data:
+        return value
+    # Free text, or a bare string: no field tells a name apart from anything else in it.
+    return f"{MASK} ({len(raw)} bytes, not a JSON object or array)"
+
+
 def describe_record(record: Any, *, show_personal_data: bool) -> dict[str, Any]:
-    """A record as a JSON-able dict: coordinates, CloudEvents attributes, other headers, value."""
+    """A record as a JSON-able dict: coordinates, CloudEvents attributes, other headers, value.
+
+    Masked unless `show_personal_data`, and printable in any case (see the module docstring).
+    """
     attributes: dict[str, str] = {}
     headers: dict[str, str] = {}
-    for key, raw in record.headers or ():
-        text = raw.decode("utf-8", "replace") if raw is not None else ""
-        if key.startswith(CE_PREFIX):
-            attributes[key.removeprefix(CE_PREFIX)] = text
+    for name, raw in record.headers or ():
+        text = printable(raw.decode("utf-8", "replace")) if raw is not None else ""
+        if not show_personal_data:
+            text = EMAIL.sub(MASK, text)
+        if name.startswith(CE_PREFIX):
+            attributes[printable(name.removeprefix(CE_PREFIX))] = text
         else:
-            headers[key] = text
-    value: Any = None
-    if record.value is not None:
-        try:
-            value = json.loads(record.value)
-        except (UnicodeDecodeError, ValueError):
-            value = record.value.decode("utf-8", "replace")
-    key = record.key.decode("utf-8", "replace") if record.key is not None else None
-    if not show_personal_data:
-        value = mask_personal_data(value)
-        headers = {name: EMAIL.sub(MASK, text) for name, text in headers.items()}
+            headers[printable(name)] = text
+    key: str | None = None
+    if record.key is not None:
+        key = printable(record.key.decode("utf-8", "replace")) if show_personal_data else MASK
     return {
-        "topic": record.topic,
+        "topic": printable(record.topic),
         "partition": record.partition,
         "offset": record.offset,
         "timestamp": datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat(timespec="milliseconds"),
         "key": key,
         "cloudevents": attributes,
         "headers": headers,
-        "value": value,
+        "value": describe_value(record.value, show_personal_data=show_personal_data),
     }
 
 
@@ -137,17 +229,18 @@ async def tail(
             for tp, batch in batches.items():
                 for record in batch:
                     (backlog if record.offset < end[tp] else newer).append(record)
-        printed += _print(_last(backlog, lines, from_beginning), out, as_json, show_personal_data)
+        printed += write_records(_last(backlog, lines, from_beginning), out, as_json, show_personal_data)
         if not follow:
             return printed
-        printed += _print(sorted(newer, key=_order), out, as_json, show_personal_data)
+        printed += write_records(sorted(newer, key=_order), out, as_json, show_personal_data)
         while True:
             batches = await reader.getmany(timeout_ms=idle_exit_ms)
             records = sorted((r for batch in batches.values() for r in batch), key=_order)
-            printed += _print(records, out, as_json, show_personal_data)
+            printed += write_records(records, out, as_json, show_personal_data)
 
 
-def _print(records: Sequence[Any], out: TextIO, as_json: bool, show_personal_data: bool) -> int:
+def write_records(records: Sequence[Any], out: TextIO, as_json: bool, show_personal_data: bool) -> int:
+    """Write each record, readable or as a JSON line, masked unless `show_personal_data`."""
     for record in records:
         event = describe_record(record, show_personal_data=show_personal_data)
         out.write((json.dumps(event, ensure_ascii=False) if as_json else render(event)) + "\n")
@@ -168,7 +261,7 @@ def add_parser(commands: Any) -> None:
     """`exam-events tail ...`."""
     parser = commands.add_parser(
         "tail",
-        help="print a topic's events readably (names and e-mails masked)",
+        help="print a topic's events readably (personal data masked, control characters removed)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -180,7 +273,10 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per record and line")
     parser.add_argument(
-        "--show-personal-data", action="store_true", help="do not mask learners' names and e-mail addresses"
+        "--show-personal-data",
+        action="store_true",
+        help="do not mask the key, names, e-mail addresses, learner ids and values that are not JSON "
+        "(control characters are removed all the same)",
     )
     parser.set_defaults(run=run)
 

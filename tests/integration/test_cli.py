@@ -280,12 +280,38 @@ async def test_tail_prints_the_cloudevents_attributes_and_masks_names_and_emails
 
     event = json.loads(masked.getvalue())
     assert event["cloudevents"] == {"type": "exam.result.passed", "id": "id-1", "specversion": "1.0"}
-    assert event["value"]["learner"] == {"id": "usr_1", "name": "***", "email": "***"}
+    assert event["key"] == "***"
+    assert event["value"]["learner"] == {"id": "***", "name": "***", "email": "***"}
     assert event["value"]["exam"]["name"] == "Maths"
     assert json.loads(shown.getvalue())["value"]["learner"]["email"] == "ada@example.org"
+    assert json.loads(shown.getvalue())["key"] == "usr_1"
     assert "Ada" not in readable.getvalue()
     assert "ada@" not in readable.getvalue()
     assert "exam.result.passed" in readable.getvalue()
+
+
+async def test_tail_prints_neither_the_key_nor_a_text_body_nor_an_escape_sequence_of_a_real_topic(
+    kafka_bootstrap: str, topics: ConsumerTopics, settings: ConsumerSettings
+) -> None:
+    hostile = b"exam.\x1b[2Jhijacked"
+    await produce(
+        kafka_bootstrap,
+        topics.unrouted,
+        [b"name=Ada Lovelace", json.dumps({"meta": {"eventName": hostile.decode()}}).encode()],
+        key=b"usr_1",
+        headers=[("event-name", hostile)],
+        partition=0,
+    )
+
+    result = run_cli(cli_env(settings, topics), "tail", topics.unrouted, "--from-beginning")
+
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout
+    assert "usr_1" not in result.stdout
+    assert "Ada" not in result.stdout
+    assert result.stdout.count("event-name=exam.hijacked") == 2
+    assert '"eventName": "exam.hijacked"' in result.stdout
+    assert "*** (17 bytes, not a JSON object or array)" in result.stdout
 
 
 async def test_tail_shows_only_the_last_records_unless_asked_for_all(

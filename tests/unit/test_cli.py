@@ -58,7 +58,7 @@ def test_times_without_a_zone_are_utc_and_junk_is_refused() -> None:
         parse_time("yesterday")
 
 
-def test_masking_hides_learners_names_and_emails_but_not_exam_names() -> None:
+def test_masking_hides_learners_names_emails_and_ids_but_not_exam_names() -> None:
     masked = mask_personal_data(
         {
             "learner": {"id": "u1", "name": "Ada Lovelace", "email": "ada@example.org"},
@@ -69,7 +69,7 @@ def test_masking_hides_learners_names_and_emails_but_not_exam_names() -> None:
     )
 
     assert masked == {
-        "learner": {"id": "u1", "name": "***", "email": "***"},
+        "learner": {"id": "***", "name": "***", "email": "***"},
         "user": {"firstName": "***", "last_name": "***"},
         "exam": {"name": "Maths"},
         "note": "contact ***",
