@@ -11,10 +11,10 @@ records of aborted or open transactions). Each shows its partition, offset, time
 Personal data is masked (`***`) unless --show-personal-data is given:
 - the record key, which is the learner id, and the learner id in the value (`id` of a `user` or
   `learner` object, `userId`, `learnerId`);
-- in a JSON value, at any depth and whatever the case or separators of the key: `name` (unless it
-  is the name of an exam, qualification, course, test, group or user group), `email`, `givenName`,
-  `familyName`, `surname`, `firstName`, `lastName` and the like; the whole value of such a key,
-  also an object or a list;
+- in a JSON value, at any depth and whatever the case or separators of the key: `name` (unless
+  the object holding it is an exam, qualification, course, test, group, user group or meta),
+  `email`, `givenName`, `familyName`, `surname`, `firstName`, `lastName` and the like; the whole
+  value of such a key, also an object or a list;
 - e-mail addresses in any other text: values, header values, CloudEvents attributes;
 - a value that is not a JSON object or array (not JSON, not UTF-8, a bare JSON string or number)
   is masked whole, printed as `*** (N bytes, not a JSON object or array)`: nothing in it can be
@@ -275,7 +275,8 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--show-personal-data",
         action="store_true",
-        help="do not mask the key, names, e-mail addresses, learner ids and values that are not JSON "
+        help="do not mask the key, names, e-mail addresses, learner ids and values that are not a JSON "
+        "object or array "
         "(control characters are removed all the same)",
     )
     parser.set_defaults(run=run)
