@@ -197,13 +197,18 @@ def event_name(document: dict[str, Any]) -> str | None:
 
 def valid_path_event_name(name: str) -> bool:
     """True for the `{eventName}` of `POST /webhooks/{eventName}` as ASGI gives it (percent-decoded):
-    1 to 128 printable characters, no space and no slash (so `%2F` is refused too), UTF-8 encodable."""
+    1 to 128 printable ASCII characters, no space and no slash (so `%2F` is refused too).
+
+    ASCII only, so that the OpenAPI document can state the rule exactly (`PATH_EVENT_NAME_PATTERN`)
+    for every client generator: "printable" over all of Unicode depends on the Unicode version of
+    each runtime. The platform's event names (`exam.resultsReleased`, ...) are ASCII.
+    """
     return (
         0 < len(name) <= MAX_EVENT_NAME_CHARS
+        and name.isascii()
         and name.isprintable()
         and " " not in name
         and "/" not in name
-        and _utf8(name) is not None
     )
 
 
@@ -465,8 +470,8 @@ class WebhookEndpoint:
             # Checked after authentication: an unauthenticated caller learns nothing about our rules.
             return self._reject(
                 400,
-                f"the event name in the path must be 1 to {MAX_EVENT_NAME_CHARS} printable characters "
-                "without spaces or slashes",
+                f"the event name in the path must be 1 to {MAX_EVENT_NAME_CHARS} printable ASCII "
+                "characters without spaces or slashes",
             )
 
         given_id = headers.get(WEBHOOK_ID)

@@ -13,15 +13,25 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# The `{eventName}` of `POST /webhooks/{eventName}` (with 1 to 128 characters): printable ASCII
+# but space and slash, exactly what `ingress.app.valid_path_event_name` accepts. ECMA-262 syntax,
+# as JSON Schema asks; `$` is the end of the string there (Python's `re` would use `\Z`).
+PATH_EVENT_NAME_PATTERN = "^[\\x21-\\x2E\\x30-\\x7E]+$"
+PATH_EVENT_NAME_MAX_CHARS = 128
+
 # Every status `POST /webhooks` and `POST /webhooks/{eventName}` can answer, and what it means to the sender.
 WEBHOOK_RESPONSES: dict[int, str] = {
     202: "Kafka acknowledged the body (acks=all); it is stored on the raw topic.",
-    400: "The body is not UTF-8 JSON, not a JSON object, or has an integer too long to read; or the "
-    "{eventName} of POST /webhooks/{eventName} is empty, longer than 128 characters, or has a space, a "
-    "slash (%2F too) or a control character. "
+    400: "The body is not UTF-8 JSON, not a JSON object, has an integer too long to read, or has a "
+    "non-finite number (NaN, Infinity, -Infinity, or a number past a double's range such as 1e999); "
+    "or the {eventName} of POST /webhooks/{eventName} is empty, longer than 128 characters, or has a "
+    "character other than printable ASCII, a space or a slash (%2F too). "
     "(A request the HTTP parser cannot read, e.g. an invalid Content-Length, gets uvicorn's 400 in "
     "text/plain, and the connection is closed.)",
-    401: "Neither HTTP Basic credentials nor a Standard Webhooks signature admitted the request.",
+    401: "Neither HTTP Basic credentials nor a Standard Webhooks signature admitted the request. "
+    "When the headers alone cannot admit it (no valid Basic credentials, and signature headers "
+    "missing, malformed, outside the timestamp tolerance or without a v1 entry), the body is not "
+    "read and the connection is closed.",
     413: "The body is larger than INGRESS_MAX_BODY_BYTES (default 1 MiB), or too large (with the "
     "record's key and headers) for the raw topic's max.message.bytes. Retrying does not help.",
     408: "The body did not arrive within INGRESS_BODY_READ_TIMEOUT_SECONDS; the connection is closed.",
@@ -118,8 +128,14 @@ def openapi_document() -> dict[str, Any]:
         "description": "The event this subscription URL is for (e.g. user.registeredForExam), for senders "
         "whose bodies lack meta.eventName. It becomes the record's event-name header; the consumer "
         "routes by meta.eventName when the body has one (and counts a disagreement), else by this. "
-        "Any well-formed name is accepted: an event no handler answers to goes to the unrouted topic.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^\\x00-\\x20\\x7f/]+$"},
+        "Any well-formed name (1 to 128 printable ASCII characters, no space, no slash) is accepted: "
+        "an event no handler answers to goes to the unrouted topic.",
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": PATH_EVENT_NAME_MAX_CHARS,
+            "pattern": PATH_EVENT_NAME_PATTERN,
+        },
     }
     return {
         "openapi": "3.1.0",

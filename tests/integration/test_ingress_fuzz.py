@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ingress.app import IngressApp, create_app
 from ingress.bootstrap import build_producer
-from ingress.openapi import WEBHOOK_RESPONSES
+from ingress.openapi import PATH_EVENT_NAME_MAX_CHARS, PATH_EVENT_NAME_PATTERN, WEBHOOK_RESPONSES
 from ingress.producer import KafkaRecordProducer
 from tests.support.ingress_harness import (
     OTHER_KEY,
@@ -93,6 +93,10 @@ bodies = st.one_of(
     valid_bodies.map(lambda b: b + b" " * MAX_BODY),
     # Integer literals around Python's int conversion limit (4300 digits).
     st.integers(4290, 4400).map(lambda n: b'{"a":' + b"1" * n + b"}"),
+    # Non-finite numbers (400) next to the largest finite ones (202).
+    st.sampled_from([b"1e999", b"-1e999", b"NaN", b"Infinity", b"-Infinity", b"1e308", b"-1.7e308"]).map(
+        lambda literal: b'{"a":[1,' + literal + b"]}"
+    ),
 )
 json_types = st.sampled_from([b"application/json", b"application/json; charset=utf-8", b"application/x+json"])
 content_types = st.one_of(
@@ -151,7 +155,9 @@ def requests(draw: st.DrawFn, *, well_formed: bool = False) -> tuple[RawHeaders,
     return headers, body, valid
 
 
-async def call(app: IngressApp, headers: RawHeaders, body: bytes) -> tuple[int, bytes]:
+async def call(
+    app: IngressApp, headers: RawHeaders, body: bytes, path: str = "/webhooks"
+) -> tuple[int, bytes]:
     sent: list[MutableMapping[str, Any]] = []
     delivered = False
 
@@ -165,15 +171,28 @@ async def call(app: IngressApp, headers: RawHeaders, body: bytes) -> tuple[int, 
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
-    await app({"type": "http", "method": "POST", "path": "/webhooks", "headers": headers}, receive, send)
+    await app({"type": "http", "method": "POST", "path": path, "headers": headers}, receive, send)
     return sent[0]["status"], sent[1]["body"]
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("past a double's range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
 def is_json_object(body: bytes) -> bool:
+    """A JSON object whose numbers are all finite."""
     try:
-        return isinstance(json.loads(body.decode("utf-8")), dict)
+        document = json.loads(body.decode("utf-8"), parse_float=_finite, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return False
+    return isinstance(document, dict)
 
 
 def is_json_type(value: bytes | None) -> bool:
@@ -230,3 +249,22 @@ async def test_fuzzed_well_formed_posts_are_all_stored_and_answered_202(
 
     assert status == 202, answer
     check_answer(status, answer, headers, body, credentials)
+
+
+# What a client generated from the OpenAPI document may send as `{eventName}` (percent-decoded, as
+# ASGI gives it). `$` is ECMA-262's end of string: hypothesis reads the pattern with Python's.
+documented_event_names = st.from_regex(PATH_EVENT_NAME_PATTERN.removesuffix("$") + r"\Z").filter(
+    lambda name: len(name) <= PATH_EVENT_NAME_MAX_CHARS
+)
+
+
+@FUZZ
+@given(name=documented_event_names, request=requests(well_formed=True))
+async def test_fuzzed_event_names_the_openapi_document_allows_are_all_accepted(
+    target: FuzzTarget, name: str, request: tuple[RawHeaders, bytes, dict[bytes, bytes]]
+) -> None:
+    headers, body, _ = request
+
+    status, answer = await call(target.app, headers, body, f"/webhooks/{name}")
+
+    assert status == 202, answer
