@@ -43,6 +43,7 @@ from ingress.openapi import WEBHOOK_RESPONSES, openapi_document
 from ingress.producer import KafkaUnreachable, ProduceFailed, Readiness, RecordProducer, RecordTooLarge
 from ingress.requestlog import request_log
 from ingress.settings import IngressSettings
+from schemas.webhook import MAX_ID_CHARS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -174,15 +175,20 @@ def _identifier(block: object) -> bytes | None:
     if not isinstance(block, dict):
         return None
     ident = block.get("id")
-    if isinstance(ident, str) and ident:
-        return _utf8(ident)
     if isinstance(ident, int) and not isinstance(ident, bool):
-        return str(ident).encode()  # parse_object refused integers too long to convert
+        ident = str(ident)  # parse_object refused integers too long to convert
+    if isinstance(ident, str) and 0 < len(ident) <= MAX_ID_CHARS:
+        return _utf8(ident)
     return None
 
 
 def record_key(document: dict[str, Any]) -> bytes | None:
-    """`user.id`, else `attempt.id`, else None: one learner's webhooks share a partition."""
+    """`user.id`, else `attempt.id`, else None: one learner's webhooks share a partition.
+
+    An id longer than the models allow (MAX_ID_CHARS) counts as absent: the body is stored all
+    the same, and the consumer dead-letters it; a 540 KB key would be copied to the dead-letter
+    record next to the body, and ordering matters for no webhook that will not be derived.
+    """
     return _identifier(document.get("user")) or _identifier(document.get("attempt"))
 
 

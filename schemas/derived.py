@@ -11,7 +11,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from schemas.webhook import Number
+from schemas.webhook import MAX_ID_CHARS, MAX_TIMESTAMP_CHARS, Number
 from schemas.xapi import ExamResultStatement
 
 
@@ -28,18 +28,22 @@ class EventData(BaseModel):
 class Learner(EventData):
     """The learner the result belongs to. Personal data: handle under your data-protection rules."""
 
-    id: str = Field(description="The platform's user id; also the Kafka key of every event.")
+    id: str = Field(
+        max_length=MAX_ID_CHARS, description="The platform's user id; also the Kafka key of every event."
+    )
     name: str = Field(description="Full name as held by the platform.")
     email: str = Field(description="E-mail address as held by the platform.")
-    sub_portal_id: str | None = Field(description="Sub-portal of the learner, when the portal has them.")
+    sub_portal_id: str | None = Field(
+        max_length=MAX_ID_CHARS, description="Sub-portal of the learner, when the portal has them."
+    )
 
 
 class ExamInfo(EventData):
     """The exam the attempt counts towards."""
 
-    id: str = Field(description="Exam id.")
+    id: str = Field(max_length=MAX_ID_CHARS, description="Exam id.")
     name: str = Field(description="Exam name.")
-    group_id: str = Field(description="The exam group (exam.attr['exam-group-id']).")
+    group_id: str = Field(max_length=MAX_ID_CHARS, description="The exam group (exam.attr['exam-group-id']).")
     weight: Number = Field(description="Weight of the exam in its qualification (exam.attr['exam-weight']).")
     qualification: str = Field(description="Qualification name (exam.attr['qualification_name']).")
     cohort: str = Field(description="Cohort number (exam.attr['cohort_number']).")
@@ -50,16 +54,18 @@ class TestInfo(EventData):
 
     __test__ = False  # not a pytest test class, despite its name
 
-    id: str = Field(description="Test id.")
+    id: str = Field(max_length=MAX_ID_CHARS, description="Test id.")
     title: str = Field(description="Test title.")
 
 
 class AttemptInfo(EventData):
     """The attempt whose results were released. Score fields are null when the grade is withheld."""
 
-    id: str = Field(description="Attempt id; also the CloudEvents subject.")
+    id: str = Field(max_length=MAX_ID_CHARS, description="Attempt id; also the CloudEvents subject.")
     resit_count: int = Field(description="How many resits preceded this attempt (attempt.resitCount).")
-    time_completed: str = Field(description="When the learner completed the attempt (RFC 3339).")
+    time_completed: str = Field(
+        max_length=MAX_TIMESTAMP_CHARS, description="When the learner completed the attempt (RFC 3339)."
+    )
     score: Number | None = Field(description="Score in percent; null when the grade is withheld.")
     score_frac: Number | None = Field(
         description="Score as a fraction 0..1; null when the grade is withheld."
@@ -87,7 +93,7 @@ class ResultContext(EventData):
     """Fields every derived event carries."""
 
     learner: Learner = Field(description="Who sat the attempt (personal data).")
-    portal_id: str = Field(description="Portal (customer) id.")
+    portal_id: str = Field(max_length=MAX_ID_CHARS, description="Portal (customer) id.")
     exam: ExamInfo = Field(description="The exam, with its weight, qualification and cohort.")
     test: TestInfo = Field(description="The test taken in this attempt.")
     attempt: AttemptInfo = Field(description="The attempt: id, resits, completion time and score.")
@@ -97,7 +103,10 @@ class ResultContext(EventData):
         description="True when the exam does not publish grades (exam.attr['publish-exam-grade'] is "
         "false): grade, score, scoreFrac and points are then null."
     )
-    released_at: str = Field(description="When the results were released (RFC 3339); the CloudEvents time.")
+    released_at: str = Field(
+        max_length=MAX_TIMESTAMP_CHARS,
+        description="When the results were released (RFC 3339); the CloudEvents time.",
+    )
     source: SourceCoordinates = Field(description="Where the source webhook lies on the raw topic.")
 
 
@@ -150,18 +159,20 @@ class ScoreOverridden(EventData):
     event_type: ClassVar[str] = "exam.score.overridden"
 
     learner_id: str = Field(
-        description="The attempt's learner (attempt.user, else user.id); also the Kafka key."
+        max_length=MAX_ID_CHARS,
+        description="The attempt's learner (attempt.user, else user.id); also the Kafka key.",
     )
-    portal_id: str = Field(description="Portal (customer) id.")
-    exam_id: str = Field(description="Exam id.")
-    attempt_id: str = Field(description="Attempt id; also the CloudEvents subject.")
+    portal_id: str = Field(max_length=MAX_ID_CHARS, description="Portal (customer) id.")
+    exam_id: str = Field(max_length=MAX_ID_CHARS, description="Exam id.")
+    attempt_id: str = Field(max_length=MAX_ID_CHARS, description="Attempt id; also the CloudEvents subject.")
     action_type: str = Field(description="The platform's kind of override (actionType), as sent.")
     score: ValueChange = Field(description="Score in percent, before and after.")
     points: ValueChange = Field(description="Points, before and after.")
     credits: ValueChange = Field(description="Credits, before and after.")
     penalties: ValueChange = Field(description="Penalties, before and after.")
     overridden_at: str = Field(
-        description="When the override was made (meta.timestamp); the CloudEvents time."
+        max_length=MAX_TIMESTAMP_CHARS,
+        description="When the override was made (meta.timestamp); the CloudEvents time.",
     )
     source: SourceCoordinates = Field(description="Where the source webhook lies on the raw topic.")
 
@@ -169,19 +180,21 @@ class ScoreOverridden(EventData):
 class AttemptExam(EventData):
     """The exam an attempt belongs to, when the webhook names one."""
 
-    id: str = Field(description="Exam id.")
+    id: str = Field(max_length=MAX_ID_CHARS, description="Exam id.")
     name: str | None = Field(description="Exam name, when sent.")
 
 
 class ReportedAttemptInfo(EventData):
     """The attempt and its times."""
 
-    id: str = Field(description="Attempt id; also the CloudEvents subject.")
+    id: str = Field(max_length=MAX_ID_CHARS, description="Attempt id; also the CloudEvents subject.")
     status: str | None = Field(description="The attempt's status (attempt.status), as sent.")
     exam_status: str | None = Field(description="The exam status (attempt.examStatus), as sent.")
     resit_count: int | None = Field(description="How many resits preceded this attempt, when sent.")
     time_started: str = Field(description="When the learner started (RFC 3339).")
-    time_completed: str = Field(description="When the learner completed or submitted (RFC 3339).")
+    time_completed: str = Field(
+        max_length=MAX_TIMESTAMP_CHARS, description="When the learner completed or submitted (RFC 3339)."
+    )
     time_spent_in_ms: int = Field(description="Time spent on the attempt, in milliseconds.")
 
 
@@ -214,7 +227,7 @@ class AttemptContext(EventData):
     """Fields of every attempt event."""
 
     learner: Learner = Field(description="Who sat the attempt (personal data).")
-    portal_id: str = Field(description="Portal (customer) id.")
+    portal_id: str = Field(max_length=MAX_ID_CHARS, description="Portal (customer) id.")
     is_exam: bool = Field(description="True for an exam, false for another test (attempt.isExam).")
     exam: AttemptExam | None = Field(description="The exam, when the webhook names one.")
     test: TestInfo | None = Field(description="The test taken, when the webhook names it.")
@@ -222,7 +235,8 @@ class AttemptContext(EventData):
     marking: MarkingInfo = Field(description="Marking status.")
     marks: MarksInfo | None = Field(description="The marks; null until marking is done.")
     reported_at: str = Field(
-        description="When the platform reported it (meta.timestamp); the CloudEvents time."
+        max_length=MAX_TIMESTAMP_CHARS,
+        description="When the platform reported it (meta.timestamp); the CloudEvents time.",
     )
     source: SourceCoordinates = Field(description="Where the source webhook lies on the raw topic.")
 
@@ -242,10 +256,12 @@ class AttemptCompleted(AttemptContext):
 class RegisteredLearner(EventData):
     """The learner registered. Personal data: handle under your data-protection rules."""
 
-    id: str = Field(description="The platform's user id; also the Kafka key.")
+    id: str = Field(max_length=MAX_ID_CHARS, description="The platform's user id; also the Kafka key.")
     name: str | None = Field(description="Full name as held by the platform, when sent.")
     email: str | None = Field(description="E-mail address as held by the platform, when sent.")
-    sub_portal_id: str | None = Field(description="Sub-portal of the learner, when the portal has them.")
+    sub_portal_id: str | None = Field(
+        max_length=MAX_ID_CHARS, description="Sub-portal of the learner, when the portal has them."
+    )
 
 
 class ScheduleInfo(EventData):
@@ -258,7 +274,7 @@ class ScheduleInfo(EventData):
 class RegisteredExamInfo(EventData):
     """The exam registered for."""
 
-    id: str = Field(description="Exam id (exam.objectId).")
+    id: str = Field(max_length=MAX_ID_CHARS, description="Exam id (exam.objectId).")
     name: str = Field(description="Exam name.")
     url: str = Field(description="The exam's URL on the platform.")
     schedule: ScheduleInfo = Field(description="When the exam opens and closes.")
@@ -267,7 +283,7 @@ class RegisteredExamInfo(EventData):
 class UserGroupInfo(EventData):
     """The user group the registration came through."""
 
-    id: str = Field(description="User group id (userGroup.objectId).")
+    id: str = Field(max_length=MAX_ID_CHARS, description="User group id (userGroup.objectId).")
     name: str = Field(description="User group name.")
 
 
@@ -277,11 +293,12 @@ class RegistrationCreated(EventData):
     event_type: ClassVar[str] = "exam.registration.created"
 
     learner: RegisteredLearner = Field(description="Who was registered (personal data).")
-    portal_id: str = Field(description="Portal (customer) id.")
+    portal_id: str = Field(max_length=MAX_ID_CHARS, description="Portal (customer) id.")
     exam: RegisteredExamInfo = Field(description="The exam: id, name, URL and schedule.")
     user_group: UserGroupInfo | None = Field(description="The user group, when sent.")
     registered_at: str = Field(
-        description="When the registration was made (meta.timestamp); the CloudEvents time."
+        max_length=MAX_TIMESTAMP_CHARS,
+        description="When the registration was made (meta.timestamp); the CloudEvents time.",
     )
     source: SourceCoordinates = Field(description="Where the source webhook lies on the raw topic.")
 

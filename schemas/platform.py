@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pydantic import AliasChoices, ConfigDict, Field, field_validator
 
-from schemas.webhook import Marks, Number, Portal, Reference, Test, User, WireModel
+from schemas.webhook import Id, Marks, Number, Portal, Reference, Test, TimestampText, User, WireModel
 
 # An id the platform writes as `objectId` in some events and `id` in others.
 OBJECT_ID = AliasChoices("objectId", "id")
@@ -24,7 +24,7 @@ class EventMeta(WireModel):
     # `eventName` only, as routing reads it (see schemas.webhook.Meta).
     model_config = ConfigDict(validate_by_name=False)
 
-    timestamp: str
+    timestamp: TimestampText
     event_name: str | None = None
 
     @field_validator("timestamp")
@@ -41,10 +41,10 @@ class EventMeta(WireModel):
 class UserRef(WireModel):
     """A `user` block of which only the id is certain."""
 
-    id: str
+    id: Id
     name: str | None = None
     email: str | None = None
-    sub_portal_id: str | None = None
+    sub_portal_id: Id | None = None
 
 
 class ScoreChange(WireModel):
@@ -56,9 +56,9 @@ class ScoreChange(WireModel):
 
 
 class OverriddenAttempt(WireModel):
-    id: str
+    id: Id
     # The attempt's learner: an id, or a block with one (the outline does not say which).
-    user: str | Reference | None = None
+    user: Id | Reference | None = None
 
     @property
     def user_id(self) -> str | None:
@@ -99,11 +99,11 @@ class ReportedAttemptState(WireModel):
 class ReportedAttempt(WireModel):
     """The `attempt` block of results-released; marks are there only once marking is done."""
 
-    id: str
+    id: Id
     is_exam: bool
     state: ReportedAttemptState
     time_started: str
-    time_completed: str
+    time_completed: TimestampText
     time_spent_in_ms: int
     status: str | None = None
     exam_status: str | None = None
@@ -114,7 +114,7 @@ class ReportedAttempt(WireModel):
 
 
 class ExamRef(WireModel):
-    id: str
+    id: Id
     name: str | None = None
 
 
@@ -136,14 +136,14 @@ class ExamSchedule(WireModel):
 
 
 class RegisteredExam(WireModel):
-    object_id: str = Field(validation_alias=OBJECT_ID)
+    object_id: Id = Field(validation_alias=OBJECT_ID)
     url: str
     name: str
     schedule: ExamSchedule
 
 
 class RegisteredUserGroup(WireModel):
-    object_id: str = Field(validation_alias=OBJECT_ID)
+    object_id: Id = Field(validation_alias=OBJECT_ID)
     name: str
 
 

@@ -9,13 +9,25 @@ Timestamps stay strings, exactly as sent, so derived events can quote them uncha
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
 CustomAttributeValue = str | int | float | bool | None
 # Integers stay integers (40, not 40.0) so that values are quoted downstream as the platform sent them.
 Number = int | float
+
+# Identifiers are bounded: each becomes a Kafka key, a CloudEvents subject, part of an event id or
+# a field of every derived record, and one of 540 KB would make those records too large for their
+# topics. The platform's ids are short tokens (`usr_8f2c1a7e`); a longer one is a validation
+# error, and the webhook is dead-lettered with the field's name (never its value).
+MAX_ID_CHARS = 255
+Id = Annotated[str, StringConstraints(max_length=MAX_ID_CHARS)]
+# Timestamps that become the CloudEvents `time` or part of an event id: RFC 3339 with nanoseconds
+# and an offset is 35 characters.
+MAX_TIMESTAMP_CHARS = 64
+TimestampText = Annotated[str, StringConstraints(max_length=MAX_TIMESTAMP_CHARS)]
 
 
 class WireModel(BaseModel):
@@ -27,15 +39,15 @@ class WireModel(BaseModel):
 
 
 class User(WireModel):
-    id: str
+    id: Id
     name: str
     email: str
-    sub_portal_id: str | None = None
+    sub_portal_id: Id | None = None
     custom_attributes: dict[str, CustomAttributeValue]
 
 
 class Portal(WireModel):
-    id: str
+    id: Id
 
 
 class Meta(WireModel):
@@ -43,7 +55,7 @@ class Meta(WireModel):
     # meta says `event_name` must not be taken for one that names its event.
     model_config = ConfigDict(validate_by_name=False)
 
-    timestamp: str
+    timestamp: TimestampText
     event_name: str
 
 
@@ -107,14 +119,14 @@ class Tags(WireModel):
 
 
 class Reference(WireModel):
-    id: str
+    id: Id
 
 
 class Audit(WireModel):
     finalised_by: str
     finalised_at: str
     released_by: str
-    released_at: str
+    released_at: TimestampText
 
     @field_validator("released_at")
     @classmethod
@@ -133,7 +145,7 @@ class Attempt(WireModel):
     total_answered_correctly: int
     grade: Grade
     grade_criteria: GradeCriteria
-    id: str
+    id: Id
     is_exam: bool
     state: AttemptState
     marks: Marks
@@ -141,7 +153,7 @@ class Attempt(WireModel):
     tags: Tags
     total_answered: int
     time_started: str
-    time_completed: str
+    time_completed: TimestampText
     time_spent_in_ms: int
     status: str
     exam_status: str
@@ -155,7 +167,7 @@ class Attempt(WireModel):
 class Test(WireModel):
     __test__ = False  # not a pytest test class, despite its name
 
-    id: str
+    id: Id
     title: str
 
 
@@ -163,7 +175,7 @@ class ExamAttributes(WireModel):
     """The portal's free-form exam attributes; these keys are the ones this customer uses."""
 
     exam_weight: Number = Field(alias="exam-weight")
-    exam_group_id: str = Field(alias="exam-group-id")
+    exam_group_id: Id = Field(alias="exam-group-id")
     publish_exam_grade: bool = Field(alias="publish-exam-grade")
     plagiarism_checker_enabled: bool = Field(alias="plagiarism-checker-enabled")
     scoring_model: str = Field(alias="scoring-model")
@@ -172,12 +184,12 @@ class ExamAttributes(WireModel):
 
 
 class UserGroup(WireModel):
-    id: str
+    id: Id
     name: str
 
 
 class Exam(WireModel):
-    id: str
+    id: Id
     name: str
     attr: ExamAttributes
     resit_count: int
@@ -193,7 +205,7 @@ class ExamResultsReleased(WireModel):
     meta: Meta
     attempt: Attempt
     test: Test
-    id: str
+    id: Id
     time_started: str
     time_completed: str
     time_spent_in_ms: int

@@ -118,6 +118,40 @@ async def test_the_key_is_user_id_else_attempt_id_else_none(
     assert producer.records[0].key == key
 
 
+@pytest.mark.parametrize(
+    ("document", "key"),
+    [
+        ({"user": {"id": "u" * 255}, "attempt": {"id": "a1"}}, b"u" * 255),
+        ({"user": {"id": "u" * 256}, "attempt": {"id": "a1"}}, b"a1"),
+        ({"user": {"id": "u" * 256}, "attempt": {"id": "a" * 256}}, None),
+        ({"user": {"id": int("9" * 256)}}, None),
+    ],
+    ids=["255 characters", "256 characters", "both too long", "a 256-digit integer"],
+)
+async def test_an_id_longer_than_the_models_allow_counts_as_absent_for_the_key(
+    client: httpx.AsyncClient, producer: RecordingProducer, document: dict[str, Any], key: bytes | None
+) -> None:
+    await post(client, json.dumps(document).encode())
+
+    assert producer.records[0].key == key
+
+
+async def test_a_webhook_with_a_540_kb_user_id_is_stored_unchanged_without_that_key(
+    producer: RecordingProducer, sample_body: bytes
+) -> None:
+    document = json.loads(sample_body)
+    document["user"]["id"] = "u" * 540_000
+    body = json.dumps(document).encode()
+    app = create_app(ingress_settings(max_body_bytes=1024 * 1024), producer=producer)
+    async with client_for(app) as client:
+        response = await post(client, body)
+
+    assert response.status_code == 202  # the consumer dead-letters it, with the reason
+    [record] = producer.records
+    assert record.value == body
+    assert record.key == document["attempt"]["id"].encode()
+
+
 async def test_a_body_without_an_event_name_gets_no_event_name_header(
     client: httpx.AsyncClient, producer: RecordingProducer
 ) -> None:

@@ -252,3 +252,15 @@ def test_a_body_with_large_finite_numbers_is_handled(literal: bytes) -> None:
 
     assert isinstance(fast, Handled)
     assert fast == full
+
+
+def test_a_webhook_with_a_540_kb_user_id_is_invalid_and_the_reason_names_the_field_not_the_value() -> None:
+    raw = encode(results_released(user_id="u" * 540_000))
+
+    fast, full = both_paths(raw)
+
+    assert fast == full
+    assert isinstance(fast, Invalid)
+    assert fast.error_type == "ValidationError"
+    assert fast.event_name == "exam.resultsReleased"
+    assert fast.message == "1 error(s): user.id: String should have at most 255 characters"

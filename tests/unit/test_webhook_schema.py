@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from schemas.webhook import ExamResultsReleased
+from schemas.webhook import MAX_ID_CHARS, MAX_TIMESTAMP_CHARS, ExamResultsReleased
 from tests.support.webhooks import SAMPLE, results_released
 
 # The platform's specification of the body (shared/seeds/000_f749086e8c95ae3b.txt), kept with the tests.
@@ -152,3 +152,58 @@ def test_a_missing_required_field_is_a_validation_error() -> None:
 def test_a_release_time_that_is_not_a_timestamp_is_a_validation_error() -> None:
     with pytest.raises(ValidationError, match="releasedAt"):
         ExamResultsReleased.model_validate(results_released(released_at="yesterday"))
+
+
+# Every id of the body that ends up in a key, a CloudEvents subject or id, or a derived field.
+ID_PATHS = [
+    "id",
+    "user.id",
+    "user.subPortalId",
+    "portal.id",
+    "attempt.id",
+    "attempt.marker.id",
+    "attempt.assignedModeratingMarkers.0.id",
+    "test.id",
+    "exam.id",
+    "exam.userGroup.id",
+    "exam.attr.exam-group-id",
+]
+TIMESTAMP_PATHS = ["meta.timestamp", "attempt.timeCompleted", "attempt.audit.releasedAt"]
+
+
+def with_value(path: str, value: str) -> dict[str, Any]:
+    """The sample body with the value at a dotted wire path (list indexes as numbers) replaced."""
+    body = results_released()
+    *parents, last = path.split(".")
+    node: Any = body
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[int(last) if last.isdigit() else last] = value
+    return body
+
+
+def errors_of(body: dict[str, Any]) -> list[Any]:
+    with pytest.raises(ValidationError) as caught:
+        ExamResultsReleased.model_validate(body)
+    return caught.value.errors(include_input=False)
+
+
+@pytest.mark.parametrize("path", ID_PATHS)
+def test_an_id_longer_than_255_characters_is_a_validation_error_naming_the_field(path: str) -> None:
+    [error] = errors_of(with_value(path, "i" * (MAX_ID_CHARS + 1)))
+
+    assert ".".join(str(part) for part in error["loc"]) == path
+    assert error["msg"] == "String should have at most 255 characters"
+    assert MAX_ID_CHARS == 255
+
+
+@pytest.mark.parametrize("path", ID_PATHS)
+def test_an_id_of_255_characters_is_accepted(path: str) -> None:
+    ExamResultsReleased.model_validate(with_value(path, "i" * MAX_ID_CHARS))
+
+
+@pytest.mark.parametrize("path", TIMESTAMP_PATHS)
+def test_a_timestamp_longer_than_64_characters_is_a_validation_error(path: str) -> None:
+    [error] = errors_of(with_value(path, "2026-06-14T09:30:00." + "0" * MAX_TIMESTAMP_CHARS + "Z"))
+
+    assert ".".join(str(part) for part in error["loc"]) == path
