@@ -9,7 +9,7 @@ import base64
 import pytest
 
 from tests.support.ingress_harness import USERNAME, RecordingProducer, signed
-from tests.support.ingress_server import exchange, running_server, statuses
+from tests.support.ingress_server import exchange, running_server, send_all_then_read, statuses
 
 DECLARED = 500_000  # announced, never sent
 QUIET = 5.0  # a server that waited for the body would stay silent this long (its timeout: 60 s)
@@ -49,3 +49,15 @@ async def test_headers_proving_no_identity_get_401_and_close_before_the_body_arr
     assert b"connection: close" in answer.lower()
     assert answer.endswith(b"<EOF>")  # the server closed the connection
     assert producer.records == []
+
+
+async def test_a_client_that_sends_its_whole_body_before_reading_gets_its_401_every_time() -> None:
+    # The body is never read, so the answer closes the connection with data unread: the lingering
+    # close must still deliver the 401 (not a reset) to a client that reads only after sending.
+    body = b'{"pad":"' + b"x" * 900_000 + b'"}'
+    request = head({}).replace(b"content-length: %d" % DECLARED, b"content-length: %d" % len(body)) + body
+    async with running_server(RecordingProducer(), max_body_bytes=1024 * 1024) as port:
+        answers = [await send_all_then_read(port, request) for _ in range(10)]
+
+    assert [statuses(raw) for raw in answers] == [[401]] * 10
+    assert all(raw.endswith(b"<EOF>") for raw in answers), [raw[-40:] for raw in answers]
