@@ -174,13 +174,18 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._tail = b""  # the end of the head so far: its terminator may straddle two reads
         self._unanswered = 0  # bytes received since the latest answer
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # One timer, created when needed and never cancelled per request: it checks, when it fires,
+        # against `_waiting_since` (moved by each answer), so a request costs no timer of its own.
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since = 0.0  # when the connection opened or was last answered
+        self._busy = False  # a head is complete and its request not answered yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._loop = asyncio.get_running_loop()
         self._transport = AnswerTransport(
             LingeringCloseTransport(cast(asyncio.Transport, transport)),
-            asyncio.get_running_loop(),
+            self._loop,
             coalesce=self.coalesce,
             answered=self._answered,
         )
@@ -206,7 +211,7 @@ class HttpConnection(asyncio.Protocol):
                 self._head_bytes += end - len(self._tail)
                 self._in_head = False
                 self._tail = b""
-                self._disarm()  # the head is complete: the body and the app have deadlines of their own
+                self._busy = True  # the head is complete: the body and the app have deadlines of their own
             if self._head_bytes > self.max_head_bytes:
                 self._refuse_head()
                 return
@@ -232,7 +237,7 @@ class HttpConnection(asyncio.Protocol):
 
     def request_started(self) -> None:
         """The app handles a request of this connection: no head deadline until its answer."""
-        self._disarm()
+        self._busy = True
 
     def close_idle(self) -> None:
         """Close without an answer (the connection received no byte of a request)."""
@@ -241,11 +246,10 @@ class HttpConnection(asyncio.Protocol):
     def _answered(self) -> None:
         # Answers are written once the body was read (or the connection closes after them): what
         # arrives next starts a new request.
-        if self._in_head and not self._unanswered and self._timer is not None:
-            return  # the second write of the same answer
         self._in_head = True
         self._head_bytes = self._unanswered = 0
         self._tail = b""
+        self._busy = False
         transport = self._transport
         if transport is not None and not transport.is_closing():
             if self.connections is not None:
@@ -254,10 +258,12 @@ class HttpConnection(asyncio.Protocol):
 
     def _arm(self) -> None:
         """Start the deadline of the next head, from now."""
-        self._disarm()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            return
         self._waiting_since = loop.time()
-        self._timer = loop.call_later(min(self.keep_alive_timeout, self.header_timeout), self._timed_out)
+        if self._timer is None:
+            self._timer = loop.call_later(min(self.keep_alive_timeout, self.header_timeout), self._timed_out)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -266,12 +272,20 @@ class HttpConnection(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
+        loop = self._loop
+        transport = self._transport
+        if self._busy or loop is None or transport is None or transport.is_closing():
+            return  # the answer starts the next deadline
+        waited = loop.time() - self._waiting_since
         if not self._unanswered:
+            left = min(self.keep_alive_timeout, self.header_timeout) - waited
+            if left > 0:  # answered again since the timer started
+                self._timer = loop.call_later(left, self._timed_out)
+                return
             self._close(None)  # idle: nothing to answer
             return
-        loop = asyncio.get_running_loop()
-        left = self._waiting_since + self.header_timeout - loop.time()
-        if left > 0:  # bytes came after the keep-alive timeout's start: the head's own deadline
+        left = self.header_timeout - waited
+        if left > 0:  # bytes came before the keep-alive timeout: the head has until its own deadline
             self._timer = loop.call_later(left, self._timed_out)
             return
         log.warning("request_head_timeout", status=408, header_timeout_seconds=self.header_timeout)
