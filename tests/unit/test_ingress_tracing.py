@@ -199,7 +199,11 @@ async def test_a_client_that_disconnects_mid_body_ends_its_span_as_failed(
         "type": "http",
         "method": "POST",
         "path": "/webhooks",
-        "headers": [(b"content-type", b"application/json")],
+        # Authenticated: a request without credentials gets its 401 before the body is read.
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"authorization", basic_auth()["authorization"].encode()),
+        ],
     }
     await app(scope, receive, send)
 
