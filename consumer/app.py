@@ -170,7 +170,9 @@ def create_app(
         stop_producers: Callable[[], Awaitable[None]] = transactions.stop
         replacements: Callable[[], float] = lambda: 0.0  # noqa: E731  # producers are acquired, not replaced
     else:
-        at_least_once_sender = sender or KafkaSender(settings, partitioner=partitioner)
+        at_least_once_sender = sender or KafkaSender(
+            settings, partitioner=partitioner, output_limits=output_limits
+        )
         guard = OffsetGuard(member.committed)
         in_flight = InFlightBatch(settings.graceful_timeout_seconds, metrics, on_assigned=guard.forget)
 

@@ -554,14 +554,18 @@ class ExactlyOnceCheckpoint:
             raise PublishError("the partition's producer is gone")
         await producer.begin_transaction()
         outgoing = plan.trace.start_publish(plan.outgoing)
-        futures = await queue_records(producer, outgoing, self._partitioner, state.producer.watch)
+        futures = await queue_records(
+            producer, outgoing, self._partitioner, state.producer.watch, self._output_limits
+        )
         changelog = [
             OutgoingRecord(
                 self._settings.dedup_topic, ce_id.encode(), ce_type.encode(), (), state.tp.partition
             )
             for _, ce_id, ce_type in plan.new_ids
         ]
-        changelog_futures = await queue_records(producer, changelog, self._partitioner, state.producer.watch)
+        changelog_futures = await queue_records(
+            producer, changelog, self._partitioner, state.producer.watch, self._output_limits
+        )
         await await_acks([*futures, *changelog_futures])
         plan.trace.published()
         with plan.trace.committing(

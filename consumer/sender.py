@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from common.producer import (
     REJECTION_ERRORS,
@@ -112,11 +113,14 @@ async def queue_records(
     records: Sequence[OutgoingRecord],
     partitioner: KeyPartitioner,
     watch: Watch = lambda future: future,
+    max_batch_bytes: Mapping[str, int] | None = None,
 ) -> list[asyncio.Future[Any]]:
     """Queue the records as one record batch per partition (more when a batch fills up), in order.
 
     Record batches (`send_batch`) rather than one `send()` each cost several times less CPU per
     record; partitions are chosen exactly as the default partitioner would (or as the record says).
+    A batch also ends before it would outgrow its topic's `max_batch_bytes` entry (max.message.bytes:
+    the broker refuses a larger batch whole, whatever its records).
     """
     cluster = producer.client.cluster
     partitions: dict[str, tuple[list[int], list[int]]] = {}
@@ -132,11 +136,16 @@ async def queue_records(
                 known = partitions[record.topic] = (every, available)
             partition = partitioner(record.key, *known)
         by_partition.setdefault((record.topic, partition), []).append(record)
+    limits = max_batch_bytes or {}
     futures: list[asyncio.Future[Any]] = []
     try:
         for (topic, partition), queued in by_partition.items():
+            limit = limits.get(topic)
             batch = producer.create_batch()
             for record in queued:
+                if limit is not None and batch.record_count() and batch.size() + _upper_size(record) > limit:
+                    futures.append(watch(await producer.send_batch(batch, topic, partition=partition)))
+                    batch = producer.create_batch()
                 if not _append(batch, record):
                     futures.append(watch(await producer.send_batch(batch, topic, partition=partition)))
                     batch = producer.create_batch()
@@ -148,6 +157,13 @@ async def queue_records(
         await asyncio.gather(*futures, return_exceptions=True)
         raise
     return futures
+
+
+def _upper_size(record: OutgoingRecord) -> int:
+    """What the record can add to a batch at most (aiokafka's bound for a batch of it alone)."""
+    return int(
+        DefaultRecordBatchBuilder.estimate_size_in_bytes(record.key, record.value, list(record.headers))
+    )
 
 
 class KafkaSender:
@@ -166,6 +182,7 @@ class KafkaSender:
         *,
         factory: Callable[..., Any] = AIOKafkaProducer,
         partitioner: KeyPartitioner | None = None,
+        output_limits: Mapping[str, int] | None = None,
     ) -> None:
         self._producer = ManagedProducer(
             reliable_producer_kwargs(
@@ -178,6 +195,8 @@ class KafkaSender:
             factory=factory,
         )
         self._partitioner = partitioner or KeyPartitioner()
+        # Topic -> max.message.bytes (filled in by the start-up check): no record batch outgrows it.
+        self._output_limits = output_limits if output_limits is not None else {}
 
     @property
     def replacements(self) -> int:
@@ -198,7 +217,9 @@ class KafkaSender:
             producer = await self._producer.live()
         except ProducerUnavailable as exc:
             raise PublishError(str(exc)) from exc
-        return await queue_records(producer, records, self._partitioner, self._producer.watch)
+        return await queue_records(
+            producer, records, self._partitioner, self._producer.watch, self._output_limits
+        )
 
     def _partition(self, key: bytes | None, every: list[int], available: list[int]) -> int:
         return self._partitioner(key, every, available)

@@ -7,13 +7,14 @@ from collections import Counter
 from typing import Any, ClassVar
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import NotLeaderForPartitionError, OutOfOrderSequenceNumber
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer.plan import OutgoingRecord
-from consumer.sender import KafkaSender, PublishError, is_dead, publish_all
+from consumer.sender import KafkaSender, KeyPartitioner, PublishError, is_dead, publish_all, queue_records
 from consumer.settings import ConsumerSettings
 from handlers import RulesSettings
 
@@ -198,3 +199,38 @@ async def test_sending_before_start_or_after_stop_fails_without_connecting() -> 
     with pytest.raises(PublishError):
         await sender.send_many([RECORD])
     assert len(FakeProducer.made) == 1
+
+
+class BatchRecordingProducer:
+    """Builds real aiokafka record batches (an unstarted producer's) and records what is sent."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+        self.client = type("Client", (), {"cluster": FakeCluster()})()
+        self.sent: list[tuple[str, int, int, int]] = []  # topic, partition, records, bytes
+
+    def create_batch(self) -> Any:
+        return self._producer.create_batch()
+
+    async def partitions_for(self, _topic: str) -> set[int]:
+        return {0}
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        self.sent.append((topic, partition, batch.record_count(), batch.size()))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+async def test_no_record_batch_outgrows_its_topics_max_message_bytes() -> None:
+    unstarted = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", max_batch_size=256 * 1024)
+    producer = BatchRecordingProducer(unstarted)
+    records = [OutgoingRecord("small", b"k", b"v" * 1000, ()) for _ in range(40)]
+    records += [OutgoingRecord("roomy", b"k", b"v" * 1000, ()) for _ in range(40)]
+
+    await queue_records(producer, records, KeyPartitioner(), max_batch_bytes={"small": 8 * 1024})
+
+    small = [sent for sent in producer.sent if sent[0] == "small"]
+    assert sum(count for _, _, count, _ in small) == 40
+    assert all(size <= 8 * 1024 for _, _, _, size in small)
+    assert [count for topic, _, count, _ in producer.sent if topic == "roomy"] == [40]  # no limit known
