@@ -109,9 +109,8 @@ class Requests:
 
 
 class Connections:
-    """A fixed pool of keep-alive connections to the ingress, below its INGRESS_LIMIT_CONCURRENCY
-    (256): past that it answers everything 503. A request waits for an idle connection when none is
-    free, which shows as schedule lag."""
+    """A fixed pool of keep-alive connections to the ingress. A request waits for an idle connection
+    when none is free, which shows as schedule lag."""
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -460,7 +459,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--connections",
         type=int,
         default=128,
-        help="keep-alive connections (a fixed pool; keep it below INGRESS_LIMIT_CONCURRENCY, 256)",
+        help="keep-alive connections (a fixed pool)",
     )
     parser.add_argument(
         "--reader-fetch-max-wait-ms",

@@ -39,8 +39,8 @@ WEBHOOK_RESPONSES: dict[int, str] = {
     500: "A bug of ours; nothing is promised, retry later. The connection is closed.",
     503: "Kafka did not acknowledge within INGRESS_PRODUCE_TIMEOUT_SECONDS, or is known to be unreachable "
     "(answered at once, without waiting for the timeout), or the server is shutting down. Nothing is "
-    "promised: retry after the Retry-After seconds. (Beyond INGRESS_LIMIT_CONCURRENCY connections, "
-    "uvicorn answers 503 in text/plain without Retry-After.)",
+    "promised: retry after the Retry-After seconds. (Also beyond INGRESS_LIMIT_CONCURRENCY requests in "
+    "flight, at once, with Retry-After.)",
 }
 
 # Answered by the HTTP server before the app sees the request (text/plain, connection closed).
