@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -55,7 +56,7 @@ from tests.support.consumer_harness import (  # noqa: E402
     make_consumer_topics,
     running,
 )
-from tests.support.kafka_io import produce, read_records  # noqa: E402
+from tests.support.kafka_io import read_records  # noqa: E402
 from tests.support.webhooks import encode, results_released  # noqa: E402
 
 DERIVED_LIMIT = 16 * 1024
@@ -124,10 +125,15 @@ async def run_case(
 
 async def produce_keyed(bootstrap: str, topic: str, bodies: list[bytes]) -> None:
     """Each body keyed by its learner, as the ingress keys it, so it lands on its learner's partition."""
-    by_key: dict[bytes, list[bytes]] = {}
-    for body in bodies:
-        by_key.setdefault(json.loads(body)["user"]["id"].encode(), []).append(body)
-    await asyncio.gather(*(produce(bootstrap, topic, values, key=key) for key, values in by_key.items()))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, body, key=json.loads(body)["user"]["id"].encode()) for body in bodies
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
 
 
 async def wait_committed(bootstrap: str, settings: ConsumerSettings, total: int) -> None:

@@ -177,6 +177,11 @@ class ManagedProducer:
         producer = self._producer
         if producer is None:
             return None
+        if isinstance(self._state_error, REJECTION_ERRORS):
+            return (
+                f"the broker refused a record batch for good ({type(self._state_error).__name__}): "
+                "its sequence numbers are spent"
+            )
         if self._state_error is not None:
             return f"the broker refused the producer's state ({type(self._state_error).__name__})"
         if is_dead(producer):

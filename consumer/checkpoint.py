@@ -133,6 +133,7 @@ class BatchProcessor:
         if not records:
             return True
         self._in_flight_since = time.monotonic()
+        self._metrics.consumed.inc(len(records))
         try:
             return await self._process(records)
         finally:
@@ -195,7 +196,6 @@ class BatchProcessor:
         being retried; without it (the dead letters of refused records) it is retried like any error.
         """
         settings, metrics = self._settings, self._metrics
-        metrics.consumed.inc(len(records))
         for seconds in plan.handler_seconds:
             metrics.handler_seconds.observe(seconds)
         ranges = _offset_ranges(records)
