@@ -28,9 +28,9 @@ offset and retries with backoff.
 No single webhook may stop its partition: step 1 dead-letters a webhook whose derived records would
 not fit their topics (`OutputTooLarge`, from the max.message.bytes read at start-up). When the
 broker still refuses records for good (`consumer.sender.is_rejection`: too large, invalid), retrying
-cannot help: the batch's records are handled again one at a time (exactly-once: one transaction
-each, the failed one aborted), and the webhook whose outputs are refused again is planned as a dead
-letter (`OutputRejected`). Broker and network errors are retried without end.
+cannot help: the batch is halved until the webhook whose outputs are refused is alone (exactly-once:
+one transaction per part, the failed ones aborted; about 2 x log2(n) of them), and that webhook is
+planned as a dead letter (`OutputRejected`). Broker and network errors are retried without end.
 """
 
 from __future__ import annotations
@@ -168,9 +168,10 @@ class BatchProcessor:
     async def _after_rejection(self, records: Sequence[RawRecord], exc: OutputsRejected) -> bool:
         """The broker refused records of the batch for good; nothing of it is committed.
 
-        One record: plan it again as a dead letter. Several: handle them one at a time (each
-        committed on its own), so only the webhook whose outputs are refused again is dead-lettered.
-        Outputs of the others that were acknowledged already are published again (same ce_ids).
+        One record: plan it again as a dead letter. Several: handle each half of them on its own
+        (committed on its own; a half refused again is halved again), so only the webhook whose
+        outputs are refused is dead-lettered, in about 2 x log2(n) publishes. Outputs of the others
+        that were acknowledged already are published again (same ce_ids).
         """
         self._metrics.outputs_rejected.inc()
         if len(records) == 1:
@@ -178,12 +179,13 @@ class BatchProcessor:
             return await self._process(records, {(record.partition, record.offset): exc.reason})
         log.warning(
             "outputs_rejected",
-            hint="the broker refused records for good; handling the batch one webhook at a time",
+            hint="the broker refused records for good; handling each half of the batch on its own",
             reason=exc.reason,
             offsets=_offset_ranges(records),
         )
-        for record in records:
-            if not await self._process([record]):
+        middle = len(records) // 2
+        for half in (records[:middle], records[middle:]):
+            if not await self._process(half):
                 return False
         return True
 
@@ -455,9 +457,7 @@ class ExactlyOnceCheckpoint:
             return
         unhandled = self._unhandled(state, records)
         while unhandled:
-            # After the broker refused records for good: one record per transaction until past them.
-            isolating = state.isolate_through is not None and unhandled[0].offset <= state.isolate_through
-            chunk = unhandled[:1] if isolating else unhandled
+            chunk = _next_chunk(state, unhandled)
             if not await self._commit_records(state, chunk):
                 return
             unhandled = unhandled[len(chunk) :]
@@ -632,7 +632,7 @@ class ExactlyOnceCheckpoint:
         level = log.error if state.failures >= ERROR_AFTER_ATTEMPTS and not retry_now else log.warning
         level(
             "transaction_abandoned",
-            hint="the broker refused records for good; handling them again one webhook per transaction"
+            hint="the broker refused records for good; handling them again in halves, one transaction each"
             if retry_now
             else "nothing committed; rewinding and retrying",
             partition=_name(tp),
@@ -656,7 +656,9 @@ class ExactlyOnceCheckpoint:
             return False
         self._metrics.outputs_rejected.inc()
         if len(records) > 1:
+            # Halve the suspects: the refused record is found in about 2 x log2(n) transactions.
             state.isolate_through = records[-1].offset
+            state.isolate_size = max(1, len(records) // 2)
             return True
         key = (state.tp.partition, records[0].offset)
         if key in state.rejected:
@@ -673,6 +675,16 @@ class ExactlyOnceCheckpoint:
         self._metrics.publish_retries.inc()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._interrupted.wait(), delay)
+
+
+def _next_chunk(state: PartitionState, unhandled: list[RawRecord]) -> list[RawRecord]:
+    """The records of the next transaction: all of them, unless the broker refused records of this
+    partition for good; then at most `isolate_size` of the suspects (those up to `isolate_through`)."""
+    through = state.isolate_through
+    if through is None or unhandled[0].offset > through:
+        return unhandled
+    suspects = [record for record in unhandled if record.offset <= through]
+    return suspects[: state.isolate_size]
 
 
 def _is_fenced(exc: BaseException) -> bool:

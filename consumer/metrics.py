@@ -109,7 +109,8 @@ class ConsumerMetrics:
             outputs_rejected=Counter(
                 f"{PREFIX}_outputs_rejected",
                 "Publishes the broker refused for good (record too large or invalid): the records are "
-                "handled again one webhook at a time, and the refused one is dead-lettered (OutputRejected).",
+                "handled again in halves until the refused webhook is alone; it is dead-lettered "
+                "(OutputRejected).",
                 registry=registry,
             ),
             partitioner_cache_bytes=Gauge(

@@ -51,9 +51,10 @@ class PartitionState:
     next_offset: int | None = None  # None: no committed offset; continue wherever the fetch starts
     rewound_to: int | None = None  # the offset of the last gap rewind (a gap seen twice is real)
     failures: int = 0  # failed transactions or acquisitions in a row
-    # After the broker refused records for good: records up to this offset are handled one per
-    # transaction, to find the webhook whose outputs it refused.
+    # After the broker refused records for good: records up to this offset are handled at most
+    # `isolate_size` per transaction (halved at each refusal), to find the webhook it refused.
     isolate_through: int | None = None
+    isolate_size: int = 1
     # Offset -> why the broker refused its outputs: planned again as a dead letter (OutputRejected).
     rejected: dict[tuple[int, int], str] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -362,8 +362,10 @@ class RefusingSender(ScriptedSender):
     def __init__(self, refused: bytes) -> None:
         super().__init__()
         self.refused = refused
+        self.publishes = 0
 
     async def send_many(self, records: Sequence[OutgoingRecord]) -> list[asyncio.Future[Any]]:
+        self.publishes += 1
         futures: list[asyncio.Future[Any]] = []
         for record in records:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -409,3 +411,20 @@ def test_the_partitioners_key_cache_stays_within_its_bytes() -> None:
     assert partitioner.cached_bytes <= 10_000
     assert partitioner.clears > 0
     assert chosen == [(murmur2(f"learner-{n:06d}".encode()) & 0x7FFFFFFF) % 12 for n in range(1_000)]
+
+
+async def test_the_refused_webhook_is_found_by_halving_the_batch_not_one_webhook_at_a_time(
+    metrics: ConsumerMetrics,
+) -> None:
+    sender, sleeps = RefusingSender(refused=b"u37"), list[float]()
+    commit = RecordingCommit(sender)
+    records = [
+        FakeRecord(encode(results_released(user_id=f"u{n}", attempt_id=f"a{n}")), offset=n) for n in range(64)
+    ]
+
+    assert await processor(sender, commit, metrics, sleeps).process(records)
+
+    assert sender.publishes <= 2 * 6 + 2  # the batch, two halves per level of six, the dead letter
+    dead = [record for record in sender.acknowledged if record.topic == "exam.webhooks.dlq"]
+    assert [record.value for record in dead] == [records[37].value]
+    assert commit.calls[-1][0] == {("exam.webhooks.raw", 0): 64}
