@@ -48,7 +48,7 @@ from consumer.lag import LagMonitor
 from consumer.metrics import ConsumerMetrics
 from consumer.sender import KafkaSender, KeyPartitioner, ManagedSender
 from consumer.settings import ConsumerSettings
-from consumer.topics import TopicsNotReady, check_topics
+from consumer.topics import TopicsNotReady, check_topics, read_output_limits
 from consumer.transactions import PartitionTransactions
 from handlers import build_routing_table
 from handlers.settings import PLACEHOLDER_HOME_PAGE
@@ -140,6 +140,20 @@ def create_app(
     checkpoint: AtLeastOnceCheckpoint | ExactlyOnceCheckpoint
     # Output topic -> max.message.bytes, read by the start-up check before the first batch.
     output_limits: dict[str, int] = {}
+
+    async def refresh_output_limits() -> bool:
+        """After the broker refused a record as too large: read the limits again; True if one changed."""
+        try:
+            fresh = await read_output_limits(settings)
+        except Exception as exc:  # the refusal is then handled without them: in halves
+            log.warning("output_limits_unreadable", error=repr(exc)[:300])
+            return False
+        changed = {topic: size for topic, size in fresh.items() if output_limits.get(topic) != size}
+        output_limits.update(fresh)
+        if changed:
+            log.warning("output_limits_changed", hint="a topic's max.message.bytes changed", limits=changed)
+        return bool(changed)
+
     partitioner = KeyPartitioner()
     metrics.partitioner_cache_bytes.set_function(lambda: partitioner.cached_bytes)
     if settings.exactly_once:
@@ -153,6 +167,7 @@ def create_app(
             tracing=tracing,
             output_limits=output_limits,
             partitioner=partitioner,
+            refresh_limits=refresh_output_limits,
         )
 
         async def after_assign(assigned: set[TopicPartition]) -> None:
@@ -193,6 +208,7 @@ def create_app(
             owned=owned,
             tracing=tracing,
             output_limits=output_limits,
+            refresh_limits=refresh_output_limits,
         )
         checkpoint = AtLeastOnceCheckpoint(
             settings=settings, processor=processor, guard=guard, member=member, metrics=metrics

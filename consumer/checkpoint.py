@@ -80,8 +80,15 @@ Sleep = Callable[[float], Awaitable[None]]
 # Which of these (topic, partition)s this member still owns (assigned, and still a group member).
 Owned = Callable[[set[tuple[str, int]]], set[tuple[str, int]]]
 
+# Reads the output topics' max.message.bytes again; True when a limit changed.
+RefreshLimits = Callable[[], Awaitable[bool]]
+
 # From this many failed publish attempts of one batch on, each failure is logged as an error.
 ERROR_AFTER_ATTEMPTS = 10
+
+
+async def _limits_unchanged() -> bool:
+    return False
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
@@ -104,12 +111,14 @@ class BatchProcessor:
         sleep: Sleep = asyncio.sleep,
         tracing: Tracing = otel.NO_TRACING,
         output_limits: Mapping[str, int] | None = None,
+        refresh_limits: RefreshLimits = _limits_unchanged,
     ) -> None:
         self._settings = settings
         self._table = table
         self._derived_topics = settings.derived_topics
         # Topic -> max.message.bytes, filled in by the start-up check (consumer.topics).
         self._output_limits = output_limits if output_limits is not None else {}
+        self._refresh_limits = refresh_limits
         self._sender = sender
         self._commit = commit
         self._metrics = metrics
@@ -168,12 +177,16 @@ class BatchProcessor:
     async def _after_rejection(self, records: Sequence[RawRecord], exc: OutputsRejected) -> bool:
         """The broker refused records of the batch for good; nothing of it is committed.
 
-        One record: plan it again as a dead letter. Several: handle each half of them on its own
+        A topic's limit lowered since start-up: plan the batch again with the limits read now (a
+        record that does not fit is then `OutputTooLarge`, batches are cut to fit). Else, one
+        record: plan it again as a dead letter. Several: handle each half of them on its own
         (committed on its own; a half refused again is halved again), so only the webhook whose
         outputs are refused is dead-lettered, in about 2 x log2(n) publishes. Outputs of the others
         that were acknowledged already are published again (same ce_ids).
         """
         self._metrics.outputs_rejected.inc()
+        if await self._refresh_limits():
+            return await self._process(records)
         if len(records) == 1:
             record = records[0]
             return await self._process(records, {(record.partition, record.offset): exc.reason})
@@ -398,6 +411,7 @@ class ExactlyOnceCheckpoint:
         tracing: Tracing = otel.NO_TRACING,
         output_limits: Mapping[str, int] | None = None,
         partitioner: KeyPartitioner | None = None,
+        refresh_limits: RefreshLimits = _limits_unchanged,
     ) -> None:
         self._settings = settings
         self._table = table
@@ -410,6 +424,7 @@ class ExactlyOnceCheckpoint:
         self._clock = clock
         self._tracing = tracing
         self._partitioner = partitioner or KeyPartitioner()
+        self._refresh_limits = refresh_limits
         self._in_flight_since: float | None = None
         self._interrupted = asyncio.Event()
         self.last_progress = time.monotonic()
@@ -589,7 +604,7 @@ class ExactlyOnceCheckpoint:
         """Nothing of the transaction is committed: end it, acquire the partition afresh, rewind."""
         tp = state.tp
         fenced = _is_fenced(exc)
-        retry_now = self._note_rejection(state, exc, records)
+        retry_now = await self._note_rejection(state, exc, records)
         reason = (
             "fenced"
             if fenced
@@ -646,15 +661,20 @@ class ExactlyOnceCheckpoint:
         else:
             await self._backoff(state.failures)
 
-    def _note_rejection(self, state: PartitionState, exc: BaseException, records: list[RawRecord]) -> bool:
+    async def _note_rejection(
+        self, state: PartitionState, exc: BaseException, records: list[RawRecord]
+    ) -> bool:
         """When the broker refused records for good, say how they are handled next; True if so.
 
-        Several records: one per transaction from now on, up to the last of them. One record: planned
-        as a dead letter next time. A dead letter refused too is retried like any error (False).
+        A topic's limit lowered since start-up: planned again with the limits read now. Else several
+        records: in halves from now on, up to the last of them. One record: planned as a dead letter
+        next time. A dead letter refused too is retried like any error (False).
         """
         if not is_rejection(exc):
             return False
         self._metrics.outputs_rejected.inc()
+        if await self._refresh_limits():
+            return True
         if len(records) > 1:
             # Halve the suspects: the refused record is found in about 2 x log2(n) transactions.
             state.isolate_through = records[-1].offset

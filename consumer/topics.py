@@ -121,6 +121,17 @@ async def check_topics(
     return sizes
 
 
+async def read_output_limits(settings: ConsumerSettings, timeout_ms: int = 10_000) -> dict[str, int]:
+    """Every topic's `max.message.bytes` now (read again after the broker refused a record as too
+    large: a limit may have been lowered since start-up)."""
+    admin = AIOKafkaAdminClient(**settings.kafka.aiokafka_kwargs(), request_timeout_ms=timeout_ms)
+    await admin.start()
+    try:
+        return await describe_max_message_bytes(admin, settings.all_topics)
+    finally:
+        await admin.close()
+
+
 async def _problems_on_the_cluster(
     settings: ConsumerSettings, timeout_ms: int
 ) -> tuple[list[str], dict[str, int]]:

@@ -40,12 +40,10 @@ DERIVED_TOPIC_LIMIT = 16 * 1024
 GUARANTEES = ["at-least-once", "exactly-once"]
 
 
-@pytest.fixture
-async def topics(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> ConsumerTopics:
-    """The test's topics, the results' derived topics limited to DERIVED_TOPIC_LIMIT bytes."""
-    made = await make_consumer_topics(kafka_bootstrap, unique_name)
-    limited = [made.passed, made.failed, made.resits, made.xapi]
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+async def lower_derived_limits(bootstrap: str, topics: ConsumerTopics) -> None:
+    """Set the results' derived topics' max.message.bytes to DERIVED_TOPIC_LIMIT and wait until it holds."""
+    limited = [topics.passed, topics.failed, topics.resits, topics.xapi]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.alter_configs(
@@ -58,13 +56,20 @@ async def topics(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> Con
         )
     finally:
         await admin.close()
-    kafka = KafkaConnectionSettings(bootstrap_servers=kafka_bootstrap)
+    kafka = KafkaConnectionSettings(bootstrap_servers=bootstrap)
 
     async def applied() -> bool:
         sizes = [await max_message_bytes(kafka, topic) for topic in limited]
         return all(size == DERIVED_TOPIC_LIMIT for size in sizes)
 
     await wait_until(applied, timeout=20, what="the derived topics' new max.message.bytes")
+
+
+@pytest.fixture
+async def topics(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> ConsumerTopics:
+    """The test's topics, the results' derived topics limited to DERIVED_TOPIC_LIMIT bytes."""
+    made = await make_consumer_topics(kafka_bootstrap, unique_name)
+    await lower_derived_limits(kafka_bootstrap, made)
     return made
 
 
@@ -125,13 +130,17 @@ async def test_records_the_broker_refuses_dead_letter_their_webhook_and_the_rest
     guarantee: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The limits are unknown to the consumer (as when a topic's limit was lowered after it started):
-    # only the broker's refusal tells.
+    # The limits are unknown to the consumer, at start and after the refusal (as when they cannot be
+    # read): only the broker's refusal tells, and the batch is halved until the webhook is alone.
     async def check_without_limits(settings: ConsumerSettings) -> dict[str, int]:
         await check_topics(settings)
         return {}
 
+    async def no_limits(_settings: ConsumerSettings) -> dict[str, int]:
+        return {}
+
     monkeypatch.setattr(app_module, "check_topics", check_without_limits)
+    monkeypatch.setattr(app_module, "read_output_limits", no_limits)
     settings = consumer_settings(kafka_bootstrap, topics, new_group_id(), processing_guarantee=guarantee)
     ordinary = ordinary_webhooks(10)
     poison = large_webhook()
@@ -161,3 +170,33 @@ def ce_ids_of(bodies: list[bytes]) -> list[str]:
 def metric(app: Any, name: str) -> float:
     value = app.metrics.registry.get_sample_value(f"exam_events_consumer_{name}")
     return float(value or 0.0)
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_a_limit_lowered_while_the_consumer_runs_is_read_again_at_the_first_refusal(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], new_group_id: Callable[[], str], guarantee: str
+) -> None:
+    roomy = await make_consumer_topics(kafka_bootstrap, unique_name)
+    settings = consumer_settings(kafka_bootstrap, roomy, new_group_id(), processing_guarantee=guarantee)
+    ordinary = ordinary_webhooks(10)
+    poison = large_webhook()
+
+    async with running(create_app(settings)) as app:
+        await lower_derived_limits(kafka_bootstrap, roomy)  # after the start-up check read them
+        await produce(kafka_bootstrap, roomy.raw, [*ordinary[:4], poison, *ordinary[4:]], partition=0)
+
+        async def committed() -> bool:
+            return await committed_offsets(kafka_bootstrap, settings.group_id, settings.raw_topic) == {0: 11}
+
+        await wait_until(committed, what="every record of partition 0 to be committed")
+
+    expected = ce_ids_of(ordinary)
+    derived = ce_ids(await read_derived(kafka_bootstrap, roomy, count=len(expected)))
+    if guarantee == "exactly-once":
+        assert derived == Counter(dict.fromkeys(expected, 1))
+    else:
+        assert set(derived) == set(expected)
+    dead = dead_letter_of(await read_records(kafka_bootstrap, roomy.dlq, idle=0.3), poison)
+    assert dead.headers["dlq-error-type"] == b"OutputTooLarge"  # planned against the limits read again
+    assert int(dead.headers["dlq-output-max-bytes"]) == DERIVED_TOPIC_LIMIT
+    assert metric(app, "outputs_rejected_total") >= 1
