@@ -79,7 +79,7 @@ def serve(kind: str) -> None:
             config.accesslog = None
             stop = asyncio.Event()
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-            await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type, unused-ignore]
         else:
             from granian.constants import HTTPModes, Interfaces
             from granian.http import HTTP1Settings
@@ -95,7 +95,7 @@ def serve(kind: str) -> None:
                 backpressure=256,
                 backlog=1024,
                 http1_settings=HTTP1Settings(header_read_timeout=HEADER_TIMEOUT * 1000),
-                log_level="warning",  # type: ignore[arg-type]
+                log_level="warning",  # type: ignore[arg-type, unused-ignore]
             )
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, server.stop)
             await server.serve()
