@@ -24,7 +24,6 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
-    CorruptRecordException,
     InvalidProducerEpoch,
     InvalidTimestampError,
     MessageSizeTooLargeError,
@@ -47,10 +46,10 @@ PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidPro
 # record is too large for the topic, or invalid). The producer had already given the batch its
 # sequence numbers, so the partition's next batch would meet OutOfOrderSequenceNumber: a producer
 # that met one is replaced too.
+# (CorruptRecordException is not among them: a CRC mismatch in transit is fixed by sending again.)
 REJECTION_ERRORS = (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
-    CorruptRecordException,
     InvalidTimestampError,
     UnsupportedForMessageFormatError,
 )

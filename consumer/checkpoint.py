@@ -604,17 +604,6 @@ class ExactlyOnceCheckpoint:
         """Nothing of the transaction is committed: end it, acquire the partition afresh, rewind."""
         tp = state.tp
         fenced = _is_fenced(exc)
-        retry_now = await self._note_rejection(state, exc, records)
-        reason = (
-            "fenced"
-            if fenced
-            else "lost"
-            if isinstance(exc, PartitionLost)
-            else "rejected"
-            if retry_now
-            else "error"
-        )
-        self._metrics.transactions_aborted.labels(reason=reason).inc()
         producer = state.producer.current
         if not fenced and producer is not None:
             try:
@@ -630,6 +619,18 @@ class ExactlyOnceCheckpoint:
                     hint="the next producer of the partition ends it",
                     error=repr(abort_error)[:200],
                 )
+        # After the abort: reading the limits again must not hold the transaction open.
+        retry_now = await self._note_rejection(state, exc, records)
+        reason = (
+            "fenced"
+            if fenced
+            else "lost"
+            if isinstance(exc, PartitionLost)
+            else "rejected"
+            if retry_now
+            else "error"
+        )
+        self._metrics.transactions_aborted.labels(reason=reason).inc()
         self._partitions.lost(state, f"transaction abandoned ({reason}): {exc!r}"[:300])
         state.failures += 1
         if fenced:

@@ -59,7 +59,9 @@ OUTPUT_TOO_LARGE = "OutputTooLarge"
 # The broker refused a derived record of the webhook for good (too large, invalid): no retry can
 # store it (consumer.sender.REJECTION_ERRORS), so the webhook is dead-lettered instead.
 OUTPUT_REJECTED = "OutputRejected"
-# Room left for what is added after planning: the trace headers of a derived record (tracing on).
+# Room left for what is added after planning: the trace headers of a derived record (tracing on):
+# `traceparent` and `ce_traceparent` with their names and framing, plus twice the `tracestate`
+# the raw record came with (it is copied into `tracestate` and `ce_tracestate`).
 PUBLISH_HEADER_ALLOWANCE = 512
 
 # (raw partition, offset) -> why the broker refused the record's outputs, for `plan_batch(rejected=...)`.
@@ -200,7 +202,11 @@ def plan_batch(
         dlq_headers: list[tuple[str, bytes]] = []
         if isinstance(result, Handled):
             refused = rejected.get((record.partition, record.offset)) if rejected else None
-            oversized = _oversized(events, output_limits) if output_limits else None
+            oversized = (
+                _oversized(events, output_limits, _trace_allowance(record.headers) if trace.on else 0)
+                if output_limits
+                else None
+            )
             if refused is not None:
                 result = Invalid(result.event_name, OUTPUT_REJECTED, refused)
             elif oversized is not None:
@@ -273,11 +279,13 @@ def _subscribed_event_name(headers: Sequence[tuple[str, bytes]]) -> str | None:
     return None
 
 
-def _oversized(records: Sequence[OutgoingRecord], limits: Mapping[str, int]) -> tuple[str, int, int] | None:
+def _oversized(
+    records: Sequence[OutgoingRecord], limits: Mapping[str, int], allowance: int
+) -> tuple[str, int, int] | None:
     """(topic, size, limit) of the first record larger than its topic takes, or None when all fit.
 
     The size is aiokafka's upper bound of a record batch holding the record alone (what the broker
-    compares with max.message.bytes), plus room for the headers added when it is published.
+    compares with max.message.bytes), plus `allowance` for the headers added when it is published.
     """
     for record in records:
         limit = limits.get(record.topic)
@@ -286,9 +294,15 @@ def _oversized(records: Sequence[OutgoingRecord], limits: Mapping[str, int]) -> 
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
             record.key, record.value, list(record.headers)
         )
-        if size + PUBLISH_HEADER_ALLOWANCE > limit:
-            return record.topic, size + PUBLISH_HEADER_ALLOWANCE, limit
+        if size + allowance > limit:
+            return record.topic, size + allowance, limit
     return None
+
+
+def _trace_allowance(headers: Sequence[tuple[str, bytes]]) -> int:
+    """Room for the trace headers a derived record gets when tracing is on (PUBLISH_HEADER_ALLOWANCE)."""
+    tracestate = sum(len(value) for name, value in headers if name == otel.TRACESTATE)
+    return PUBLISH_HEADER_ALLOWANCE + 2 * tracestate
 
 
 def _dead_lettered(

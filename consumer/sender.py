@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import OutOfOrderSequenceNumber, UnknownProducerId
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -65,9 +66,24 @@ class PublishError(Exception):
         self.rejected = rejected
 
 
+# Failures that follow a refused batch of the same producer and partition (see refused_for_good).
+SEQUENCE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId)
+
+
 def is_rejection(error: BaseException) -> bool:
     """True when the broker refused a record for good (too large, invalid): no retry stores it."""
     return isinstance(error, REJECTION_ERRORS) or (isinstance(error, PublishError) and error.rejected)
+
+
+def refused_for_good(errors: Sequence[BaseException]) -> bool:
+    """True when the broker refused records for good and every other failure follows from that.
+
+    A refused batch spent its sequence numbers: the partition's next batch of the same producer
+    meets OutOfOrderSequenceNumber (or UnknownProducerId), every time the records are sent again.
+    """
+    return any(is_rejection(error) for error in errors) and all(
+        is_rejection(error) or isinstance(error, SEQUENCE_ERRORS) for error in errors
+    )
 
 
 # What one cached key costs besides its bytes: the dict slot, the bytes object's header, the int.
@@ -249,7 +265,7 @@ async def await_acks(futures: Sequence[asyncio.Future[Any]]) -> None:
     if errors:
         raise PublishError(
             f"{len(errors)} of {len(futures)} record batches not acknowledged: {errors[0]!r}",
-            rejected=all(is_rejection(error) for error in errors),
+            rejected=refused_for_good(errors),
         ) from errors[0]
 
 

@@ -141,7 +141,15 @@ async def test_records_the_broker_refuses_dead_letter_their_webhook_and_the_rest
 
     monkeypatch.setattr(app_module, "check_topics", check_without_limits)
     monkeypatch.setattr(app_module, "read_output_limits", no_limits)
-    settings = consumer_settings(kafka_bootstrap, topics, new_group_id(), processing_guarantee=guarantee)
+    # Record batches of 16 KiB: the large record fills one alone, and the records after it on the same
+    # output partition go in the next batch, which the broker then refuses for its sequence number.
+    settings = consumer_settings(
+        kafka_bootstrap,
+        topics,
+        new_group_id(),
+        processing_guarantee=guarantee,
+        producer_max_batch_bytes=16 * 1024,
+    )
     ordinary = ordinary_webhooks(10)
     poison = large_webhook()
     # The large one in the middle of the batch: records before and after it share its transaction.

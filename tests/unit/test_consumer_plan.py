@@ -13,6 +13,7 @@ from consumer import plan as plan_module
 from consumer.plan import BatchPlan, plan_batch
 from consumer.settings import ConsumerSettings
 from handlers import RulesSettings, build_routing_table
+from tests.support.tracing import MemoryTracing
 from tests.support.webhooks import encode, results_released
 
 
@@ -317,3 +318,18 @@ def test_the_consumer_reads_the_event_name_header_the_ingress_writes() -> None:
     from ingress.app import HEADER_EVENT_NAME
 
     assert plan_module.EVENT_NAME_HEADER == HEADER_EVENT_NAME
+
+
+def test_with_tracing_on_the_tracestate_that_came_in_counts_twice_against_the_limit(
+    settings: ConsumerSettings,
+) -> None:
+    limits = dict.fromkeys(settings.derived_topics.values(), 8 * 1024)
+    body = webhook_with_exam_name(4_000)  # fits by itself
+    tracestate = ("vendor=" + "x" * 2_000).encode()
+    headers = (("traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"), ("tracestate", tracestate))
+
+    untraced = plan(settings, FakeRecord(body, headers=headers), output_limits=limits)
+    traced = plan(settings, FakeRecord(body, headers=headers), output_limits=limits, tracing=MemoryTracing())
+
+    assert not untraced.dead_lettered
+    assert traced.dead_lettered == {"OutputTooLarge": 1}

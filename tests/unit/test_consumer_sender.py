@@ -8,13 +8,21 @@ from typing import Any, ClassVar
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import NotLeaderForPartitionError, OutOfOrderSequenceNumber
+from aiokafka.errors import MessageSizeTooLargeError, NotLeaderForPartitionError, OutOfOrderSequenceNumber
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer.plan import OutgoingRecord
-from consumer.sender import KafkaSender, KeyPartitioner, PublishError, is_dead, publish_all, queue_records
+from consumer.sender import (
+    KafkaSender,
+    KeyPartitioner,
+    PublishError,
+    is_dead,
+    publish_all,
+    queue_records,
+    refused_for_good,
+)
 from consumer.settings import ConsumerSettings
 from handlers import RulesSettings
 
@@ -234,3 +242,18 @@ async def test_no_record_batch_outgrows_its_topics_max_message_bytes() -> None:
     assert sum(count for _, _, count, _ in small) == 40
     assert all(size <= 8 * 1024 for _, _, _, size in small)
     assert [count for topic, _, count, _ in producer.sent if topic == "roomy"] == [40]  # no limit known
+
+
+@pytest.mark.parametrize(
+    ("errors", "refused"),
+    [
+        ([MessageSizeTooLargeError()], True),
+        ([MessageSizeTooLargeError(), OutOfOrderSequenceNumber()], True),  # the batch after a refused one
+        ([OutOfOrderSequenceNumber()], False),  # alone: the producer's state, fixed by a new producer
+        ([MessageSizeTooLargeError(), NotLeaderForPartitionError()], False),  # retried until it passes
+    ],
+)
+def test_a_publish_counts_as_refused_for_good_only_when_a_refusal_explains_every_failure(
+    errors: list[BaseException], refused: bool
+) -> None:
+    assert refused_for_good(errors) is refused
