@@ -31,6 +31,26 @@ TOO_MANY_CONNECTIONS_BODY = b"Too many connections, retry later"
 EVICTION_LOG_SECONDS = 10.0
 
 
+class ThrottledWarning:
+    """A warning a client can cause at will (a slow head, too many connections): at most one line per
+    `every` seconds, with `count`, how often it happened since the previous line, so that an
+    attacker cannot flood the logs."""
+
+    def __init__(self, event: str, every: float = EVICTION_LOG_SECONDS) -> None:
+        self._event = event
+        self._every = every
+        self._count = 0
+        self._logged_at = -every
+
+    def __call__(self, **fields: Any) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._logged_at >= self._every:
+            log.warning(self._event, count=self._count, **fields)
+            self._count = 0
+            self._logged_at = now
+
+
 def too_many_connections_answer(retry_after_seconds: int) -> bytes:
     """The raw 503 a connection gets when the bound is reached and no connection is idle."""
     return (
@@ -129,6 +149,9 @@ Scope = dict[str, Any]
 App = Any  # an ASGI app: (scope, receive, send) -> awaitable
 
 
+TOO_MANY_REQUESTS_WARNING = ThrottledWarning("too_many_requests_in_flight")
+
+
 class InFlightLimit:
     """ASGI wrapper: at most `limit` requests handled at once; beyond it 503 with `Retry-After`."""
 
@@ -155,7 +178,7 @@ class InFlightLimit:
             if connection is not None:
                 connection.request_started()
         if self.in_flight >= self.limit:
-            log.warning("too_many_requests_in_flight", status=503, limit=self.limit)
+            TOO_MANY_REQUESTS_WARNING(status=503, limit=self.limit)
             await send({"type": "http.response.start", "status": 503, "headers": self._refusal_headers})
             await send({"type": "http.response.body", "body": SERVICE_UNAVAILABLE})
             return

@@ -42,7 +42,7 @@ from typing import Any, ClassVar, Literal, cast
 import structlog
 import uvicorn
 
-from ingress.limits import ServerConnections, peer_of, too_many_connections_answer
+from ingress.limits import ServerConnections, ThrottledWarning, peer_of, too_many_connections_answer
 from ingress.lingering import LingeringCloseTransport
 
 HttpImpl = Literal["one-write", "httptools"]
@@ -60,6 +60,10 @@ HEAD_TIMEOUT_ANSWER = (
     b"content-type: text/plain; charset=utf-8\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(HEAD_TIMEOUT), HEAD_TIMEOUT)
 )
+# Warnings any client can cause, each at most one line per 10 s (with a count).
+HEAD_TIMEOUT_WARNING = ThrottledWarning("request_head_timeout")
+HEAD_TOO_LARGE_WARNING = ThrottledWarning("request_head_too_large")
+TOO_MANY_CONNECTIONS_WARNING = ThrottledWarning("too_many_connections")
 # An interim answer (100 Continue) does not end a request: its body follows.
 INTERIM = b"HTTP/1.1 1"
 
@@ -192,7 +196,7 @@ class HttpConnection(asyncio.Protocol):
         self._http.connection_made(self._transport)
         table = self.connections
         if table is not None and not table.admit(self, peer_of(transport.get_extra_info("peername"))):
-            log.warning("too_many_connections", status=503, max_connections=table.max_connections)
+            TOO_MANY_CONNECTIONS_WARNING(status=503, max_connections=table.max_connections)
             self._close(too_many_connections_answer(self.retry_after_seconds))
             return
         self._arm()
@@ -288,11 +292,11 @@ class HttpConnection(asyncio.Protocol):
         if left > 0:  # bytes came before the keep-alive timeout: the head has until its own deadline
             self._timer = loop.call_later(left, self._timed_out)
             return
-        log.warning("request_head_timeout", status=408, header_timeout_seconds=self.header_timeout)
+        HEAD_TIMEOUT_WARNING(status=408, header_timeout_seconds=self.header_timeout)
         self._close(HEAD_TIMEOUT_ANSWER)
 
     def _refuse_head(self) -> None:
-        log.warning("request_head_too_large", status=431, max_head_bytes=self.max_head_bytes)
+        HEAD_TOO_LARGE_WARNING(status=431, max_head_bytes=self.max_head_bytes)
         self._close(HEAD_TOO_LARGE_ANSWER)
 
     def _close(self, answer: bytes | None) -> None:

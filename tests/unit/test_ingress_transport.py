@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import time
 from typing import Any, cast
 
 import pytest
+import structlog.testing
 
-from ingress.limits import InFlightLimit, ServerConnections, raise_open_files_limit
+from ingress.limits import InFlightLimit, ServerConnections, ThrottledWarning, raise_open_files_limit
 from ingress.lingering import LingeringCloseTransport
 from ingress.transport import AnswerTransport, HttpConnection, http_protocol, uvicorn_http_class
 
@@ -553,3 +555,17 @@ def test_the_open_files_limit_is_raised_towards_the_connection_bound_within_the_
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == soft + 1
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_warning_any_client_can_cause_is_one_line_per_period_with_a_count() -> None:
+    warning = ThrottledWarning("request_head_timeout", every=0.2)
+
+    with structlog.testing.capture_logs() as first:
+        for _ in range(50):
+            warning(status=408)
+    time.sleep(0.25)
+    with structlog.testing.capture_logs() as later:
+        warning(status=408)
+
+    assert [(line["event"], line["count"]) for line in first] == [("request_head_timeout", 1)]
+    assert [(line["event"], line["count"]) for line in later] == [("request_head_timeout", 50)]
