@@ -50,6 +50,10 @@ DLQ_OUTPUT_TOPIC = "dlq-output-topic"
 DLQ_OUTPUT_BYTES = "dlq-output-bytes"
 DLQ_OUTPUT_MAX_BYTES = "dlq-output-max-bytes"
 
+# On a dead-letter or unrouted copy whose topic cannot take the raw record with our headers: the
+# value's size; the copy carries no value, and the raw record stays where the source headers say.
+VALUE_OMITTED_BYTES = "value-omitted-bytes"
+
 # A handler that raised (a bug, not bad input) is dead-lettered under this error type, so one
 # record cannot block its partition forever.
 HANDLER_ERROR = "HandlerError"
@@ -253,10 +257,12 @@ def plan_batch(
             ce_ids = tuple(event.id for event in emitted)
             outcome = RecordOutcome(source, kind, result.event_name, skipped, ce_ids)
         elif isinstance(result, Unrouted):
-            plan.outgoing.append(_unrouted(record, result, unrouted_topic))
+            plan.outgoing.append(_fitted(_unrouted(record, result, unrouted_topic), output_limits))
             outcome = RecordOutcome(source, "unrouted", result.event_name, result.reason)
         else:
-            plan.outgoing.append(_dead_lettered(record, result, dlq_topic, dlq_headers))
+            plan.outgoing.append(
+                _fitted(_dead_lettered(record, result, dlq_topic, dlq_headers), output_limits)
+            )
             plan.dead_lettered[result.error_type] += 1
             outcome = RecordOutcome(source, "dead_lettered", result.event_name, result.error_type)
         if subscribed is not None and outcome.event_name not in (None, subscribed):
@@ -297,6 +303,23 @@ def _oversized(
         if size + allowance > limit:
             return record.topic, size + allowance, limit
     return None
+
+
+def _fitted(copy: OutgoingRecord, limits: Mapping[str, int] | None) -> OutgoingRecord:
+    """The copy as it is, or, when its topic cannot take it (a dead-letter topic no larger than the
+    raw one, and a raw record at its limit), the copy without its value: refused, it would be
+    retried without end and stop its partition."""
+    limit = limits.get(copy.topic) if limits else None
+    if limit is None:
+        return copy
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(copy.key, copy.value, list(copy.headers))
+    if size <= limit:
+        return copy
+    omitted = str(len(copy.value or b"")).encode()
+    bare = copy._replace(value=None, headers=(*copy.headers, (VALUE_OMITTED_BYTES, omitted)))
+    if DefaultRecordBatchBuilder.estimate_size_in_bytes(bare.key, None, list(bare.headers)) > limit:
+        bare = bare._replace(key=None)  # a key that large was an id no model accepts anyway
+    return bare
 
 
 def _trace_allowance(headers: Sequence[tuple[str, bytes]]) -> int:

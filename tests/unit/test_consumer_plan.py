@@ -333,3 +333,27 @@ def test_with_tracing_on_the_tracestate_that_came_in_counts_twice_against_the_li
 
     assert not untraced.dead_lettered
     assert traced.dead_lettered == {"OutputTooLarge": 1}
+
+
+def test_a_copy_its_dead_letter_topic_cannot_take_goes_there_without_its_value(
+    settings: ConsumerSettings,
+) -> None:
+    raw = b"x" * 5_000  # not JSON: a dead letter
+    limits = {settings.dlq_topic: 4 * 1024}
+
+    (dead,) = plan(settings, FakeRecord(raw, offset=9, key=b"u1"), output_limits=limits).outgoing
+
+    headers = dict(dead.headers)
+    assert dead.topic == settings.dlq_topic
+    assert dead.value is None
+    assert headers["value-omitted-bytes"] == b"5000"
+    assert headers["dlq-error-type"] == b"InvalidJson"
+    assert headers["dlq-source-offset"] == b"9"  # where the raw record still is
+    assert dead.key == b"u1"
+
+
+def test_a_copy_that_fits_its_topic_keeps_its_value(settings: ConsumerSettings) -> None:
+    (dead,) = plan(settings, FakeRecord(b"x" * 100), output_limits={settings.dlq_topic: 4 * 1024}).outgoing
+
+    assert dead.value == b"x" * 100
+    assert "value-omitted-bytes" not in dict(dead.headers)
