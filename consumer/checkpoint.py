@@ -185,7 +185,7 @@ class BatchProcessor:
         that were acknowledged already are published again (same ce_ids).
         """
         self._metrics.outputs_rejected.inc()
-        if await self._refresh_limits():
+        if exc.limits_changed:
             return await self._process(records)
         if len(records) == 1:
             record = records[0]
@@ -207,8 +207,9 @@ class BatchProcessor:
     ) -> bool:
         """Publish until acknowledged (retrying with backoff), then commit.
 
-        With `isolate`, a publish the broker refused for good raises `OutputsRejected` instead of
-        being retried; without it (the dead letters of refused records) it is retried like any error.
+        A publish the broker refused for good reads the output topics' limits again; it raises
+        `OutputsRejected` when one changed, or with `isolate`; else (the dead letter of a refused
+        record, refused too) it is retried like any error.
         """
         settings, metrics = self._settings, self._metrics
         for seconds in plan.handler_seconds:
@@ -223,8 +224,10 @@ class BatchProcessor:
                 await publish_all(self._sender, outgoing)
                 break
             except Exception as exc:  # any publish failure: keep the batch, retry it
-                if isolate and is_rejection(exc):
-                    raise OutputsRejected(exc) from exc
+                if is_rejection(exc):
+                    changed = await self._refresh_limits()
+                    if isolate or changed:
+                        raise OutputsRejected(exc, limits_changed=changed) from exc
                 attempt += 1
                 delay = backoff_delay(
                     attempt, settings.retry_backoff_initial_seconds, settings.retry_backoff_max_seconds
@@ -377,10 +380,12 @@ class PartitionLost(Exception):
 class OutputsRejected(Exception):
     """The broker refused records of a batch for good (`consumer.sender.is_rejection`)."""
 
-    def __init__(self, error: BaseException) -> None:
+    def __init__(self, error: BaseException, *, limits_changed: bool = False) -> None:
         super().__init__(str(error))
         cause = error.__cause__ or error
         self.reason = f"the broker refused a derived record: {type(cause).__name__}"
+        # The output topics' limits were read again and one had changed: plan again against them.
+        self.limits_changed = limits_changed
 
 
 class ExactlyOnceCheckpoint:
