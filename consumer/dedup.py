@@ -21,7 +21,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -133,12 +133,14 @@ async def restore(
     *,
     now_ms: int | None = None,
     timeout_seconds: float = 60.0,
+    on_loaded: Callable[[], None] | None = None,
 ) -> dict[int, int]:
     """Read each store's changelog partition from its position to the end (read_committed).
 
     Only committed transactions are read, so after this partition's producer fenced the previous
     owner, the store holds every id that was ever committed for it within the window. Returns
     partition -> entries read. Raises TimeoutError when the end is not reached in time.
+    `on_loaded` runs after each fetched batch is loaded (the member's memory bound, while restoring).
     """
     if not stores:
         return {}
@@ -177,6 +179,8 @@ async def restore(
                     store = stores[tp.partition]
                     _load(store, records)
                     read[tp.partition] += len(records)
+                if batch and on_loaded is not None:
+                    on_loaded()
                 for tp in list(pending):
                     position = await consumer.position(tp)
                     if position >= ends[tp]:

@@ -196,6 +196,7 @@ class PartitionTransactions:
                 self._settings.dedup_topic,
                 {tp.partition: state.store},
                 timeout_seconds=max(60.0, self._timeout),
+                on_loaded=self.bound_stores,  # the bound holds while restoring, not only after
             )
         except Exception as exc:  # the broker away, a timeout: nothing is acquired, the batch path retries
             state.failures += 1

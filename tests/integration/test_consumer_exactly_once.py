@@ -18,6 +18,7 @@ from consumer import app as app_module
 from consumer import checkpoint as checkpoint_module
 from consumer.app import create_app
 from consumer.checkpoint import InFlightBatch
+from consumer.dedup import ENTRY_BYTES
 from consumer.settings import ConsumerSettings
 from tests.support.consumer_harness import (
     ConsumerTopics,
@@ -138,6 +139,7 @@ async def test_the_dedup_store_is_restored_from_its_changelog_when_the_partition
                 metric(app, "duplicates_suppressed_total", type=t)
                 for t in ("exam.result.passed", "exam.result.failed")
             )
+            dedup_bytes = metric(app, "dedup_bytes")
 
     expected = expected_ids(bodies)
     records = await read_derived(kafka_bootstrap, topics, count=sum(expected.values()))
@@ -147,6 +149,7 @@ async def test_the_dedup_store_is_restored_from_its_changelog_when_the_partition
     assert acquired
     assert acquired[0]["dedup_entries"] == sum(expected.values())
     assert "dedup_restore_seconds" in acquired[0]
+    assert dedup_bytes == sum(expected.values()) * ENTRY_BYTES  # the stores' memory, as bounded
 
 
 async def test_a_rebalance_mid_transaction_lets_the_transaction_commit_before_the_partitions_move(
