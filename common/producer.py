@@ -25,13 +25,11 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
-    InvalidTimestampError,
     MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
     RecordListTooLargeError,
     UnknownProducerId,
-    UnsupportedForMessageFormatError,
 )
 
 from common.kafka import KafkaConnectionSettings
@@ -42,17 +40,13 @@ log = structlog.get_logger("producer")
 # producer id, sequence numbers from 0) can succeed. aiokafka fails the batch but keeps its sender
 # task alive, so "is the sender task dead?" alone does not catch them.
 PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
-# Broker answers that refuse a record batch for good: no retry of the same records can succeed (the
-# record is too large for the topic, or invalid). The producer had already given the batch its
-# sequence numbers, so the partition's next batch would meet OutOfOrderSequenceNumber: a producer
-# that met one is replaced too.
-# (CorruptRecordException is not among them: a CRC mismatch in transit is fixed by sending again.)
-REJECTION_ERRORS = (
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-    InvalidTimestampError,
-    UnsupportedForMessageFormatError,
-)
+# Broker answers that refuse a record batch for good because of its size: no retry of the same
+# records can succeed while the topic's limit stays. The producer had already given the batch its sequence
+# numbers, so the partition's next batch would meet OutOfOrderSequenceNumber: a producer that met
+# one is replaced too. (InvalidTimestamp and UnsupportedForMessageFormat are no such answers: they
+# come from the host's clock or the topic's configuration, refuse every record alike, and pass once
+# those are fixed; CorruptRecord, a CRC mismatch in transit, passes when sent again.)
+REJECTION_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 ProducerFactory = Callable[..., Any]
 KwargsSource = Callable[[], Awaitable[dict[str, Any]]]
