@@ -1,7 +1,9 @@
 """Kafka connection settings shared by the ingress and the consumer.
 
 Every process reads the same `KAFKA_*` variables, so one cluster's credentials are configured once.
-Security settings are passed through untouched for real clusters (SASL and/or TLS).
+Security settings are passed through untouched for real clusters (SASL and/or TLS), and never
+downgraded in silence: a TLS or SASL setting the protocol would ignore, or a SASL/PLAIN password
+that would cross the network in clear, stops the start with one line naming the settings.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 class KafkaConnectionSettings(BaseSettings):
     """How to reach the Kafka cluster (environment variables `KAFKA_*`)."""
 
-    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
+    # Errors never echo their input: it may be a password.
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore", hide_input_in_errors=True)
 
     bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Comma-separated host:port list of the cluster's brokers."
@@ -34,6 +37,11 @@ class KafkaConnectionSettings(BaseSettings):
     ssl_cafile: str | None = Field(None, description="CA bundle to verify the brokers (TLS).")
     ssl_certfile: str | None = Field(None, description="Client certificate for mutual TLS.")
     ssl_keyfile: str | None = Field(None, description="Client key for mutual TLS.")
+    allow_plaintext_credentials: bool = Field(
+        False,
+        description="Allow KAFKA_SASL_MECHANISM=PLAIN over KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT, which "
+        "sends the password in clear. Local development only.",
+    )
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaConnectionSettings:
@@ -43,6 +51,42 @@ class KafkaConnectionSettings(BaseSettings):
                     "KAFKA_SECURITY_PROTOCOL=SASL_* needs KAFKA_SASL_MECHANISM, "
                     "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _no_silent_downgrade(self) -> KafkaConnectionSettings:
+        protocol = self.security_protocol
+        ignored: list[str] = []
+        if not protocol.endswith("SSL"):
+            ignored += [
+                f"KAFKA_{name.upper()}"
+                for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+                if getattr(self, name)
+            ]
+        if not protocol.startswith("SASL"):
+            ignored += [
+                f"KAFKA_{name.upper()}"
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name)
+            ]
+        if ignored:
+            noun = "it" if len(ignored) == 1 else "them"
+            raise ValueError(
+                f"{', '.join(ignored)} set, but KAFKA_SECURITY_PROTOCOL={protocol} would ignore {noun}: "
+                f"set the protocol that uses {noun} (SSL, SASL_PLAINTEXT or SASL_SSL), or unset {noun}"
+            )
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("KAFKA_SSL_KEYFILE set without KAFKA_SSL_CERTFILE: set both for mutual TLS")
+        if (
+            protocol == "SASL_PLAINTEXT"
+            and self.sasl_mechanism == "PLAIN"
+            and not self.allow_plaintext_credentials
+        ):
+            raise ValueError(
+                "KAFKA_SASL_MECHANISM=PLAIN over KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT sends the password "
+                "in clear: use SASL_SSL (or SCRAM), or set KAFKA_ALLOW_PLAINTEXT_CREDENTIALS=true for "
+                "local development"
+            )
         return self
 
     @property
