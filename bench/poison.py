@@ -37,8 +37,6 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,7 +54,7 @@ from tests.support.consumer_harness import (  # noqa: E402
     make_consumer_topics,
     running,
 )
-from tests.support.kafka_io import read_records  # noqa: E402
+from tests.support.kafka_io import read_records, set_max_message_bytes  # noqa: E402
 from tests.support.webhooks import encode, results_released  # noqa: E402
 
 DERIVED_LIMIT = 16 * 1024
@@ -84,29 +82,13 @@ def poisoned(count: int, run: str) -> list[bytes]:
     return bodies
 
 
-async def limit_derived_topics(bootstrap: str, topics: ConsumerTopics) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs(
-            [
-                ConfigResource(
-                    ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(DERIVED_LIMIT)}
-                )
-                for topic in (topics.passed, topics.failed, topics.resits, topics.xapi)
-            ]
-        )
-    finally:
-        await admin.close()
-    await asyncio.sleep(2.0)  # the brokers apply a topic's configuration asynchronously
-
-
 async def run_case(
     bootstrap: str, bodies: list[bytes], partitions: int, mode: str, case: str, unique: Callable[[str], str]
 ) -> tuple[float, ConsumerTopics]:
     """Seconds from the consumer's start to the whole raw topic committed."""
     topics = await make_consumer_topics(bootstrap, unique, raw_partitions=partitions)
-    await limit_derived_topics(bootstrap, topics)
+    derived = [topics.passed, topics.failed, topics.resits, topics.xapi]
+    await set_max_message_bytes(bootstrap, derived, DERIVED_LIMIT)
     await produce_keyed(bootstrap, topics.raw, bodies)
     settings = consumer_settings(bootstrap, topics, unique("group"), processing_guarantee=mode)
 

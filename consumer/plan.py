@@ -285,6 +285,14 @@ def _subscribed_event_name(headers: Sequence[tuple[str, bytes]]) -> str | None:
     return None
 
 
+def batch_bytes(record: OutgoingRecord) -> int:
+    """At most the bytes of a record batch holding `record` alone (aiokafka's bound): what the broker
+    compares with max.message.bytes, and what the record can add to a batch."""
+    return int(
+        DefaultRecordBatchBuilder.estimate_size_in_bytes(record.key, record.value, list(record.headers))
+    )
+
+
 def _oversized(
     records: Sequence[OutgoingRecord], limits: Mapping[str, int], allowance: int
 ) -> tuple[str, int, int] | None:
@@ -297,9 +305,7 @@ def _oversized(
         limit = limits.get(record.topic)
         if limit is None:
             continue
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
-            record.key, record.value, list(record.headers)
-        )
+        size = batch_bytes(record)
         if size + allowance > limit:
             return record.topic, size + allowance, limit
     return None
@@ -312,12 +318,11 @@ def _fitted(copy: OutgoingRecord, limits: Mapping[str, int] | None) -> OutgoingR
     limit = limits.get(copy.topic) if limits else None
     if limit is None:
         return copy
-    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(copy.key, copy.value, list(copy.headers))
-    if size <= limit:
+    if batch_bytes(copy) <= limit:
         return copy
     omitted = str(len(copy.value or b"")).encode()
     bare = copy._replace(value=None, headers=(*copy.headers, (VALUE_OMITTED_BYTES, omitted)))
-    if DefaultRecordBatchBuilder.estimate_size_in_bytes(bare.key, None, list(bare.headers)) > limit:
+    if batch_bytes(bare) > limit:
         bare = bare._replace(key=None)  # a key that large was an id no model accepts anyway
     return bare
 

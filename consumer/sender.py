@@ -11,7 +11,6 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import OutOfOrderSequenceNumber, UnknownProducerId
 from aiokafka.partitioner import murmur2
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from common.producer import (
     REJECTION_ERRORS,
@@ -20,7 +19,7 @@ from common.producer import (
     is_dead,
     reliable_producer_kwargs,
 )
-from consumer.plan import OutgoingRecord
+from consumer.plan import OutgoingRecord, batch_bytes
 from consumer.settings import ConsumerSettings
 
 log = structlog.get_logger("consumer")
@@ -159,7 +158,7 @@ async def queue_records(
             limit = limits.get(topic)
             batch = producer.create_batch()
             for record in queued:
-                if limit is not None and batch.record_count() and batch.size() + _upper_size(record) > limit:
+                if limit is not None and batch.record_count() and batch.size() + batch_bytes(record) > limit:
                     futures.append(watch(await producer.send_batch(batch, topic, partition=partition)))
                     batch = producer.create_batch()
                 if not _append(batch, record):
@@ -173,13 +172,6 @@ async def queue_records(
         await asyncio.gather(*futures, return_exceptions=True)
         raise
     return futures
-
-
-def _upper_size(record: OutgoingRecord) -> int:
-    """What the record can add to a batch at most (aiokafka's bound for a batch of it alone)."""
-    return int(
-        DefaultRecordBatchBuilder.estimate_size_in_bytes(record.key, record.value, list(record.headers))
-    )
 
 
 class KafkaSender:

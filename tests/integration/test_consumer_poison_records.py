@@ -13,11 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from common.kafka import KafkaConnectionSettings
-from common.topics import max_message_bytes
 from consumer import app as app_module
 from consumer.app import create_app
 from consumer.settings import ConsumerSettings
@@ -33,7 +29,7 @@ from tests.support.consumer_harness import (
     running,
     wait_until,
 )
-from tests.support.kafka_io import Record, produce, read_records
+from tests.support.kafka_io import Record, produce, read_records, set_max_message_bytes
 from tests.support.webhooks import encode, results_released
 
 DERIVED_TOPIC_LIMIT = 16 * 1024
@@ -43,26 +39,7 @@ GUARANTEES = ["at-least-once", "exactly-once"]
 async def lower_derived_limits(bootstrap: str, topics: ConsumerTopics) -> None:
     """Set the results' derived topics' max.message.bytes to DERIVED_TOPIC_LIMIT and wait until it holds."""
     limited = [topics.passed, topics.failed, topics.resits, topics.xapi]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs(
-            [
-                ConfigResource(
-                    ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(DERIVED_TOPIC_LIMIT)}
-                )
-                for topic in limited
-            ]
-        )
-    finally:
-        await admin.close()
-    kafka = KafkaConnectionSettings(bootstrap_servers=bootstrap)
-
-    async def applied() -> bool:
-        sizes = [await max_message_bytes(kafka, topic) for topic in limited]
-        return all(size == DERIVED_TOPIC_LIMIT for size in sizes)
-
-    await wait_until(applied, timeout=20, what="the derived topics' new max.message.bytes")
+    await set_max_message_bytes(bootstrap, limited, DERIVED_TOPIC_LIMIT)
 
 
 @pytest.fixture

@@ -12,13 +12,11 @@ import json
 from collections.abc import Awaitable, Callable
 
 import httpx
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from common.kafka import KafkaConnectionSettings
 from common.topics import max_message_bytes
 from tests.support.ingress_harness import JSON, basic_auth, running_ingress
-from tests.support.kafka_io import read_records
+from tests.support.kafka_io import read_records, set_max_message_bytes
 
 NewTopic = Callable[..., Awaitable[str]]
 HEADERS = {**JSON, **basic_auth()}
@@ -61,7 +59,7 @@ async def test_a_limit_lowered_after_connecting_gets_413_once_and_the_producer_r
     async with running_ingress(kafka_bootstrap, topic, max_body_bytes=64 * 1024) as ingress:
         client = ingress.client
         assert (await post(client, body_of(100))).status_code == 202
-        await set_max_message_bytes(kafka_bootstrap, topic, 16 * 1024)
+        await set_max_message_bytes(kafka_bootstrap, [topic], 16 * 1024)
 
         refused = await post(client, body_of(32 * 1024))
         after = await post_until_accepted(client, body_of(200), attempts=30)
@@ -70,23 +68,6 @@ async def test_a_limit_lowered_after_connecting_gets_413_once_and_the_producer_r
     assert after.status_code == 202
     records = await read_records(kafka_bootstrap, topic, count=2)
     assert [len(r.value or b"") for r in records] == [100, 200]
-
-
-async def set_max_message_bytes(bootstrap: str, topic: str, limit: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(limit)})]
-        )
-    finally:
-        await admin.close()
-    kafka = KafkaConnectionSettings(bootstrap_servers=bootstrap)
-    for _ in range(50):
-        if await max_message_bytes(kafka, topic) == limit:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{topic} still does not report max.message.bytes={limit}")
 
 
 async def post_until_accepted(client: httpx.AsyncClient, content: bytes, *, attempts: int) -> httpx.Response:

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from common.kafka import KafkaConnectionSettings
+from common.topics import max_message_bytes
 
 
 @dataclass(frozen=True)
@@ -121,3 +125,24 @@ async def read_records(
         return records
     finally:
         await consumer.stop()
+
+
+async def set_max_message_bytes(bootstrap: str, topics: Sequence[str], limit: int) -> None:
+    """Set the topics' max.message.bytes and wait until the broker reports it (it applies it later)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(limit)})
+                for topic in topics
+            ]
+        )
+    finally:
+        await admin.close()
+    kafka = KafkaConnectionSettings(bootstrap_servers=bootstrap)
+    for _ in range(200):
+        if all([await max_message_bytes(kafka, topic) == limit for topic in topics]):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{', '.join(topics)} still do not report max.message.bytes={limit}")
